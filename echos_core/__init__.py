@@ -1,0 +1,1 @@
+"""echos: difference-of-Gaussians initialisation of depthwise convolutions."""
