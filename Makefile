@@ -1,0 +1,20 @@
+# Two commands for a newcomer (see README.md). Each installs what it needs itself:
+# uv (from PyPI, if missing) and then the exact locked stack from uv.lock into .venv.
+UV ?= python3 -m uv
+
+.PHONY: bootstrap demo test test-fast
+
+bootstrap:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+## The main job: a quick Ray Tune + Optuna + ASHA sweep on the embedded photographs, logged to MLflow.
+demo: bootstrap
+	$(UV) run --frozen echos sweep sweeps/quick.yaml
+
+## The whole test suite, slow end-to-end tests included (what CI runs).
+test: bootstrap
+	$(UV) run --frozen pytest
+
+## Everything but the slow end-to-end tests (for quick local iterations).
+test-fast: bootstrap
+	$(UV) run --frozen pytest -m "not slow"
