@@ -62,9 +62,9 @@ class ModelConfig:
         "hornet_small) or any timm model with depthwise convolutions (convnext_atto, mobilenetv3_small_100, ...)"))
     kernel_size: Optional[int] = field(default=None, metadata=_doc(
         "depthwise kernel size override (odd, 3 to 13); null keeps the model's own"))
-    dim: Optional[int] = field(default=None, metadata=_doc("width override (ConvMixer: channels; HorNet: base width)"))
-    depth: Optional[int] = field(default=None, metadata=_doc("depth override (ConvMixer: number of blocks)"))
-    patch_size: Optional[int] = field(default=None, metadata=_doc("patch-embedding stride override (ConvMixer)"))
+    dim: Optional[int] = field(default=None, metadata=_doc("width override (ConvMixer: channels; ConvNeXt / HorNet: first-stage width, doubled per stage)"))
+    depth: Optional[int] = field(default=None, metadata=_doc("depth override (ConvMixer only: number of blocks)"))
+    patch_size: Optional[int] = field(default=None, metadata=_doc("patch-embedding stride override (ConvMixer, ConvNeXt, HorNet)"))
     drop_path: float = field(default=0.0, metadata=_doc("stochastic depth rate, in [0, 1)"))
     drop_rate: float = field(default=0.0, metadata=_doc("dropout before the classifier, in [0, 1)"))
 
