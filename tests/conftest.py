@@ -1,12 +1,15 @@
 """Shared test set-up: quiet, offline, small."""
 
 import os
+import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Hermetic data cache: tests never read or write the user's ~/.cache/echos.
+os.environ.setdefault("ECHOS_DATA", tempfile.mkdtemp(prefix="echos-test-data-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
