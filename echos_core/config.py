@@ -327,10 +327,17 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(name, value, "must be an integer")
         return value
     if base is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(name, value, "must be a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(name, value, "must be a number")
         return float(value)
     if base is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            value = "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(name, value, "must be a string")
         return value

@@ -1,0 +1,493 @@
+"""The training loop: one function, :func:`train`, from a validated :class:`Config` to a run folder.
+
+Order of work (every error is raised before the first optimiser step):
+
+1. validate the config, read the checkpoint to resume from (if any);
+2. build data (``echos_core.data.build_data``) and the model (``echos_core.models.create_model``);
+3. ``check_init`` then ``apply_init`` with the run seed; the report goes to ``init_report.json``;
+4. train: AdamW (no weight decay on norms, biases, 1-d params), per-step linear warm-up then
+   cosine to ``min_lr``, label smoothing (soft-target cross-entropy under mixup/CutMix),
+   gradient clipping, bf16 autocast and channels-last on CUDA;
+5. after every epoch: evaluate on the whole validation set, run the metric hooks, append a line
+   to ``metrics.jsonl``, write a checkpoint when due, then call ``callback(metrics, checkpoint_dir)``.
+
+The trainer knows nothing of Ray or MLflow; they are thin layers on the callback.
+
+Run folder::
+
+    run_dir/config.yaml          resolved config
+    run_dir/environment.json     versions, machine, git revision (echos_core.runinfo)
+    run_dir/init_report.json     what the init changed, per layer
+    run_dir/metrics.jsonl        one JSON object per epoch
+    run_dir/checkpoints/epoch_0003/checkpoint.pt
+
+A checkpoint holds model, optimiser, scheduler, epoch, history, every RNG state and the config,
+so resuming after epoch ``e`` reproduces the epochs ``e+1 ..`` of an uninterrupted run.
+Data order does not depend on RNG state at all: it is ``make_loader(seed=cfg.seed, epoch=e)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from .config import Config, ConfigError, config_to_dict, flatten
+from .inits import apply_init, check_init
+from .runinfo import environment
+
+__all__ = [
+    "TrainingDiverged",
+    "TrainResult",
+    "train",
+    "find_checkpoint",
+    "load_checkpoint",
+    "lr_factor",
+    "CHECKPOINT_FILE",
+]
+
+log = logging.getLogger("echos")
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+_EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
+# Sections that define *what* is trained; a checkpoint only resumes a config that agrees on them.
+_RESUME_MUST_MATCH = ("model", "data", "init", "seed")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became non-finite.  The message names epoch, step and loss value."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
+    final: dict = field(default_factory=dict)  # the last epoch's metrics
+    best_top1: float = float("nan")  # best val_top1 over epochs (percent)
+    init_report: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr for optimiser step ``step`` (0-based).
+
+    Linear warm-up ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then cosine
+    from 1 to ``min_ratio = min_lr / lr``, reaching it at ``step == total_steps``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- RNG and checkpoints
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _rng_state() -> dict:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        for i, s in enumerate(cuda):
+            torch.cuda.set_rng_state(s, i)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file for ``path``: a ``checkpoint.pt`` file, a checkpoint folder holding one,
+    or a run folder (its newest ``checkpoints/epoch_*``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if (p / CHECKPOINT_FILE).is_file():
+        return p / CHECKPOINT_FILE
+    epochs = _epoch_dirs(p / "checkpoints")
+    if epochs and (epochs[-1] / CHECKPOINT_FILE).is_file():
+        return epochs[-1] / CHECKPOINT_FILE
+    raise ValueError(f"resume_from={str(path)!r}: no {CHECKPOINT_FILE} there "
+                     "(give a checkpoint file, a checkpoint folder or a run folder)")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint (see :func:`find_checkpoint` for what ``path`` may be) onto the CPU."""
+    file = find_checkpoint(path)
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file: one line, before any compute
+        raise ValueError(f"resume_from={str(file)!r}: cannot be read as an echos checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"resume_from={str(file)!r}: not an echos checkpoint (format {CHECKPOINT_FORMAT})")
+    ckpt["path"] = str(file)
+    return ckpt
+
+
+def _epoch_dirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    dirs = [d for d in folder.iterdir() if d.is_dir() and _EPOCH_DIR.match(d.name)]
+    return sorted(dirs, key=lambda d: int(_EPOCH_DIR.match(d.name).group(1)))
+
+
+def _save_checkpoint(folder: Path, state: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(folder / CHECKPOINT_FILE)  # atomic: a reader never sees half a checkpoint
+    return folder
+
+
+def _check_resumable(cfg: Config, ckpt: dict) -> None:
+    old = flatten({k: ckpt["config"].get(k) for k in _RESUME_MUST_MATCH})
+    new = flatten({k: config_to_dict(cfg)[k] for k in _RESUME_MUST_MATCH})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            raise ValueError(f"{key}={new.get(key)!r}: the checkpoint {ckpt['path']} was trained with "
+                             f"{old.get(key)!r}; resume only with the same {', '.join(_RESUME_MUST_MATCH)}")
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def _device(cfg: Config) -> torch.device:
+    want = cfg.train.device
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device", want, "CUDA is not available on this machine")
+        idx = int(want[5:]) if ":" in want else 0
+        if idx >= torch.cuda.device_count():
+            raise ConfigError("train.device", want, f"only {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device(want)
+
+
+def _to_python(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, autocast, channels_last: bool,
+             num_classes: int) -> dict:
+    """Mean cross-entropy, top-1 and top-k (k = min(5, classes)) accuracy in percent on ``loader``."""
+    from timm.utils import accuracy
+
+    model.eval()
+    k = min(5, num_classes)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.float64)
+    topk = torch.zeros((), device=device, dtype=torch.float64)
+    n = 0
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            out = model(x)
+        out = out.float()
+        b = y.shape[0]
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum")
+        a1, ak = accuracy(out, y, topk=(1, k))
+        top1 += a1 * b
+        topk += ak * b
+        n += b
+    n = max(n, 1)
+    return {"val_loss": loss_sum.item() / n, "val_top1": top1.item() / n, "val_top5": topk.item() / n}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, *,
+          callback: Callable[[dict, Path | None], None] | None = None,
+          resume_from: str | Path | None = None,
+          metric_hooks: Sequence[Callable[[nn.Module], dict]] = (),
+          progress: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (default ``cfg.output_dir / (cfg.run_name or cfg.default_run_name())``).
+
+    ``callback(metrics, checkpoint_dir)`` runs once per epoch after that epoch's checkpoint is written
+    (``checkpoint_dir`` is None when none was due).  ``metric_hooks`` are called with the (uncompiled)
+    model after each evaluation; their dicts are merged into the epoch's metrics.  ``resume_from`` is a
+    checkpoint file, checkpoint folder or run folder; the run continues exactly where it stopped.
+    Raises :class:`TrainingDiverged` on a non-finite loss.
+    """
+    cfg.validate()
+    threads = torch.get_num_threads()
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        return _train(cfg, run_dir, callback, resume_from, metric_hooks, progress)
+    finally:
+        torch.set_num_threads(threads)  # train.threads is this run's setting, not the process's
+
+
+def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) -> TrainResult:
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+
+    from .data import build_data, make_loader
+    from .models import create_model
+
+    # ---- 1. everything that can be wrong is checked before compute
+    tc = cfg.train
+    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
+    if ckpt is not None:
+        _check_resumable(cfg, ckpt)
+    device = _device(cfg)
+    run_dir = _resolve_run_dir(cfg, run_dir, ckpt)
+
+    seed_everything(cfg.seed)
+    data = build_data(cfg)
+    n_train = len(data.train)
+    if tc.batch_size > n_train:
+        raise ConfigError("train.batch_size", tc.batch_size, f"must be <= the number of training images ({n_train})")
+    if data.mixup_fn is not None and tc.batch_size % 2:
+        raise ConfigError("train.batch_size", tc.batch_size, "must be even when mixup/CutMix is on (images are paired)")
+    steps_per_epoch = n_train // tc.batch_size  # drop_last: every step sees a full batch
+    if tc.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
+    total_steps = tc.epochs * steps_per_epoch
+    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
+
+    model = create_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                         image_size=cfg.data.image_size)
+    check_init(model, cfg.init)
+    report = apply_init(model, cfg.init, cfg.seed)
+    log.info(report.summary() + _on_off(report))
+    log.info(f"data: {data.description}")
+
+    # ---- 2. set-up
+    on_cuda = device.type == "cuda"
+    amp = tc.amp == "bf16" or (tc.amp == "auto" and on_cuda)
+    channels_last = tc.channels_last == "on" or (tc.channels_last == "auto" and on_cuda)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=tc.lr, weight_decay=tc.weight_decay,
+                                    filter_bias_and_bn=True)
+    min_ratio = tc.min_lr / tc.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, min_ratio))
+    if data.mixup_fn is not None:
+        criterion: nn.Module = SoftTargetCrossEntropy()  # mixup_fn smooths the targets itself
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+
+    history: list[dict] = []
+    start_epoch = 1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history = list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        log.info(f"resumed from {ckpt['path']} after epoch {ckpt['epoch']}")
+    runner = torch.compile(model) if tc.compile else model
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+    _write_run_folder(run_dir, cfg, report.to_dict(), history, fresh=ckpt is None)
+    log.info(f"run folder: {run_dir}")
+    val_loader = make_loader(data.val, tc.batch_size, shuffle=False, seed=cfg.seed, epoch=0,
+                             num_workers=cfg.data.num_workers, drop_last=False)
+    if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
+        _set_rng_state(ckpt["rng"])
+    check_every = 1 if device.type == "cpu" else 32  # a host sync per check: rarely on accelerators
+    bar = _progress_bar(progress, total_steps, (start_epoch - 1) * steps_per_epoch)
+
+    # ---- 3. epochs
+    try:
+        for epoch in range(start_epoch, tc.epochs + 1):
+            loader = make_loader(data.train, tc.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                                 num_workers=cfg.data.num_workers, drop_last=True)
+            runner.train()
+            losses: list[torch.Tensor] = []
+            checked = 0
+            t0 = time.perf_counter()
+            for step, (x, y) in enumerate(loader):
+                if step >= steps_per_epoch:
+                    break
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if data.mixup_fn is not None:
+                    x, y = data.mixup_fn(x, y)
+                with autocast():
+                    loss = criterion(runner(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.detach().float())
+                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                    _check_finite(losses, checked, epoch, steps_per_epoch, optimizer)
+                    checked = len(losses)
+                if bar is not None:
+                    bar.update(1)
+                    if (step + 1) % 10 == 0 or step + 1 == steps_per_epoch:
+                        bar.set_postfix(epoch=epoch, loss=f"{losses[-1].item():.3f}", refresh=False)
+            if on_cuda:
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - t0
+            _check_finite(losses, checked, epoch, steps_per_epoch, optimizer)
+
+            metrics: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": torch.stack(losses).mean().item(),
+                **evaluate(runner, val_loader, device, autocast, channels_last, data.num_classes),
+                "images_per_sec": len(losses) * tc.batch_size / max(train_time, 1e-9),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            metrics["epoch_time_s"] = time.perf_counter() - t0
+            for hook in metric_hooks:
+                for key, value in hook(model).items():
+                    if key in metrics:
+                        raise ValueError(f"metric hook {getattr(hook, '__name__', hook)!r} returned {key!r}, "
+                                         "which the trainer already reports")
+                    metrics[key] = _to_python(value)
+            history.append(metrics)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            log.info(_epoch_line(metrics, tc.epochs))
+
+            ckpt_dir = None
+            if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
+                ckpt_dir = _save_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}", {
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "config": config_to_dict(cfg),
+                    "rng": _rng_state(),
+                })
+                for old in _epoch_dirs(run_dir / "checkpoints")[: -tc.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+            if callback is not None:
+                callback(dict(metrics), ckpt_dir)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if start_epoch > tc.epochs:
+        log.warning(f"checkpoint is at epoch {start_epoch - 1} of train.epochs={tc.epochs}: nothing left to train")
+    top1 = [h["val_top1"] for h in history]
+    return TrainResult(run_dir=run_dir, history=history, final=history[-1] if history else {},
+                       best_top1=max(top1) if top1 else float("nan"), init_report=report.to_dict())
+
+
+# --------------------------------------------------------------------------- helpers of train()
+
+
+def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, steps: int, optimizer) -> None:
+    if start >= len(losses):
+        return
+    chunk = torch.stack(losses[start:])
+    bad = (~torch.isfinite(chunk)).nonzero()
+    if len(bad):
+        i = start + int(bad[0, 0])
+        raise TrainingDiverged(
+            f"non-finite training loss {losses[i].item()} at epoch {epoch}, step {i + 1} of {steps} "
+            f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower train.lr or set train.grad_clip")
+
+
+def _resolve_run_dir(cfg: Config, run_dir: str | Path | None, ckpt: dict | None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir)
+    if ckpt is not None:  # <run>/checkpoints/epoch_0003/checkpoint.pt -> continue in <run>
+        file = Path(ckpt["path"]).resolve()
+        if file.parent.parent.name == "checkpoints" and _EPOCH_DIR.match(file.parent.name):
+            return file.parent.parent.parent
+    base = Path(cfg.output_dir) / (cfg.run_name or cfg.default_run_name())
+    if ckpt is not None or not base.exists() or not any(base.iterdir()):
+        return base
+    i = 1  # never mix two fresh runs in one default folder
+    while (base.parent / f"{base.name}-{i}").exists():
+        i += 1
+    return base.parent / f"{base.name}-{i}"
+
+
+def _write_run_folder(run_dir: Path, cfg: Config, init_report: dict, history: list[dict], fresh: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:  # stale checkpoints of an earlier run in this folder would be taken for ours
+        for old in _epoch_dirs(run_dir / "checkpoints"):
+            log.warning(f"removing stale checkpoint {old} of an earlier run in {run_dir}")
+            shutil.rmtree(old, ignore_errors=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+    (run_dir / "init_report.json").write_text(json.dumps(init_report, indent=2) + "\n")
+    with open(run_dir / "metrics.jsonl", "w") as f:  # a resumed run keeps exactly the epochs it resumed
+        f.writelines(json.dumps(h) + "\n" for h in history)
+
+
+def _progress_bar(progress: bool, total: int, initial: int):
+    if not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: off when stderr is not a terminal (logs, CI, Ray workers)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None, leave=False)
+
+
+def _on_off(report) -> str:
+    on = sum(layer.on for layer in report.layers)
+    off = sum(layer.off for layer in report.layers)
+    return f" ({on} On-centre, {off} Off-centre)" if on or off else ""
+
+
+def _epoch_line(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"top1 {m['val_top1']:.2f}  top5 {m['val_top5']:.2f}  lr {m['lr']:.3g}  "
+            f"{m['images_per_sec']:.0f} img/s  {m['epoch_time_s']:.1f}s")
+

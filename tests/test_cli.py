@@ -1,0 +1,230 @@
+"""The ``echos`` command line: train, kernels, config help, errors, extension modules."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from echos_core import cli
+from echos_core.config import _known_paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config_file(cfg_dict, tmp_path):
+    d = dict(cfg_dict, output_dir=str(tmp_path / "runs"))
+    d["train"] = dict(d["train"], epochs=1, steps_per_epoch=2, threads=1)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def error_lines(capsys):
+    err = capsys.readouterr().err
+    return [line for line in err.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- echos train
+
+
+def test_train_writes_run_folder(config_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--config", str(config_file), "init.on_ratio=0.25", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "init dog: changed 32 of 32 depthwise kernels in 2 layers (8 On-centre, 24 Off-centre)" in out
+    assert "data: fake:" in out and "64 train / 16 val images, 4 classes" in out
+    assert "epoch 1/1  train_loss" in out
+    assert f"run folder {run}" in out.splitlines()[-1] and out.splitlines()[-1].startswith("done: best top-1 ")
+    assert yaml.safe_load((run / "config.yaml").read_text())["init"]["on_ratio"] == 0.25
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (run / "checkpoints" / "epoch_0001" / "checkpoint.pt").is_file()
+
+    # --resume with no --config: the checkpoint carries it; train.epochs extended on the command line
+    assert cli.main(["train", "--resume", str(run), "train.epochs=2"]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+
+
+def test_train_default_run_folder_name(config_file, tmp_path, capsys):
+    assert cli.main(["train", "-c", str(config_file), "init.scheme=kaiming", "seed=3"]) == 0
+    assert (tmp_path / "runs" / "convmixer-k5-fake-kaiming-s3" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=3", "echos: error: train.epoch=3: unknown key; allowed: train.epochs, "),
+    ("init.on_ratio=1.5", "echos: error: init.on_ratio=1.5: must be >= 0.0 and <= 1.0"),
+    ("model.kernel_size=4", "echos: error: model.kernel_size=4: must be odd"),
+    ("init.gamma_high=0.95", "echos: error: init.gamma_low/gamma_high=[0.3, 0.95] for layer blocks.0.0.fn.0: "),
+    ("model.name=convmixr", "echos: error: model.name='convmixr': unknown model; close names: "),
+    ("train.batch_size=100", "echos: error: train.batch_size=100: must be <= the number of training images (64)"),
+])
+def test_bad_config_is_one_line_and_exit_2(config_file, tmp_path, capsys, override, message):
+    code = cli.main(["train", "--config", str(config_file), override, "--run-dir", str(tmp_path / "run")])
+    lines = error_lines(capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "run").exists()  # nothing written, nothing trained
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert cli.main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert error_lines(capsys) == [f"echos: error: --config='{tmp_path / 'nope.yaml'}': file does not exist"]
+
+
+def test_diverged_run_exits_1(config_file, tmp_path, capsys):
+    code = cli.main(["train", "-c", str(config_file), "train.lr=1.0e+30", "train.grad_clip=null", "train.min_lr=0",
+                     "train.warmup_epochs=0", "--run-dir", str(tmp_path / "run")])
+    lines = error_lines(capsys)
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("echos: error: training diverged: non-finite training loss ")
+    assert "at epoch 1, step 2 of 2" in lines[0]
+
+
+def test_help_config_lists_every_key(capsys):
+    assert cli.main(["train", "--help-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" = ")[0] for line in lines] == _known_paths()
+    assert "init.on_ratio = 0.5  # dog: fraction of On-centre kernels" in "\n".join(lines)
+
+
+def test_module_entry_point_subprocess(config_file, tmp_path):
+    """``python -m echos_core``: the real process, its stderr and exit status."""
+    env = dict(os.environ, TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, "-m", "echos_core", "train", "--config", str(config_file),
+                           "train.lr=-1"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "echos: error: train.lr=-1.0: must be > 0.0"
+    assert proc.stdout == ""
+
+
+# --------------------------------------------------------------------------- echos kernels
+
+
+def test_kernels_writes_png_and_counts(tmp_path, capsys):
+    out = tmp_path / "k.png"
+    code = cli.main(["kernels", "--kernel-size", "7", "--gamma-low", "0.4", "--gamma-high", "0.6",
+                     "--on-ratio", "0.25", "--n", "16", "--seed", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert "init dog: changed 16 of 16 depthwise kernels in 1 layers" in text
+    assert "On-centre 4, Off-centre 12, unchanged 0" in text
+    # unit scale: lobe-normalised 7x7 kernels with gamma in [0.4, 0.6] have L2 norms between
+    # those of gamma 0.5 (0.409, METHOD.md) and its neighbours, well inside (0.3, 0.6)
+    norms = text.split("L2 norm per kernel: mean ")[1]
+    mean, lo, hi = float(norms.split(",")[0]), float(norms.split("min ")[1].split(",")[0]), float(
+        norms.split("max ")[1].split(" ")[0])
+    assert 0.3 < lo <= mean <= hi < 0.6
+
+
+def test_kernels_kaiming_norm(tmp_path, capsys):
+    assert cli.main(["kernels", "-k", "5", "--scheme", "kaiming", "--n", "64", "--out", str(tmp_path / "k.png")]) == 0
+    text = capsys.readouterr().out
+    after = float(text.split("after ")[1].split(")")[0])
+    assert after == pytest.approx(2**0.5, rel=0.05)  # Kaiming-normal: expected L2 norm sqrt 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kernel-size", "4"], "echos: error: --kernel-size=4: must be odd, >= 3 and <= 13"),
+    (["--kernel-size", "3", "--gamma-high", "1.5"], "echos: error: init.gamma_high=1.5: must be > 0.0 and < 1.0"),
+    (["--kernel-size", "5", "--on-ratio", "2"], "echos: error: init.on_ratio=2.0: must be >= 0.0 and <= 1.0"),
+    (["--kernel-size", "5", "--scheme", "gabor"], "echos: error: init.scheme='gabor': must be one of dog, "),
+    (["--kernel-size", "5", "--n", "1"], "echos: error: --n=1: must be >= 2"),
+])
+def test_kernels_bad_args(tmp_path, capsys, args, message):
+    assert cli.main(["kernels", *args, "--out", str(tmp_path / "k.png")]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "k.png").exists()
+
+
+def test_kernels_gamma_too_large_for_kernel(tmp_path, capsys):
+    # gamma_high 0.9 is a valid config value, but leaves no surround pixel in a 3x3 kernel
+    assert cli.main(["kernels", "-k", "3", "--gamma-low", "0.5", "--gamma-high", "0.9",
+                     "--out", str(tmp_path / "k.png")]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith("echos: error: init.gamma_low/gamma_high=[0.5, 0.9] for layer depthwise: gamma=0.9 ")
+    assert "leaves no surround pixel" in line
+
+
+# --------------------------------------------------------------------------- extension modules
+
+
+def test_command_modules_register_subcommands(monkeypatch, capsys):
+    mod = types.ModuleType("echos_test_ext")
+
+    def register(sub):
+        p = sub.add_parser("hello", help="say hello")
+        p.add_argument("--name", default="world")
+        p.set_defaults(func=lambda args: print(f"hello {args.name}") or 7)
+
+    mod.register = register
+    monkeypatch.setitem(sys.modules, "echos_test_ext", mod)
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", [*cli._COMMAND_MODULES, "echos_test_ext"])
+    assert cli.main(["hello", "--name", "echos"]) == 7
+    assert capsys.readouterr().out == "hello echos\n"
+
+
+# --------------------------------------------------------------------------- the mosaic itself
+
+
+def test_kernel_mosaic_limits_and_labels(tmp_path):
+    from echos_core.plots import kernel_mosaic
+
+    w = torch.randn(300, 5, 5)
+    path = kernel_mosaic(w, tmp_path / "m.png", title="t", max_kernels=20)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"labels: 2 given for 3 kernels"):
+        kernel_mosaic(w[:3], tmp_path / "x.png", labels=["a", "b"])
+    with pytest.raises(ValueError, match=r"expected \(n, k, k\)"):
+        kernel_mosaic(w[0], tmp_path / "x.png")
+
+
+def test_kernels_uses_the_init_code_path(tmp_path, capsys):
+    """The kernels drawn are the ones apply_init writes into a depthwise conv with the same seed."""
+    from torch import nn
+
+    from echos_core.config import InitConfig
+    from echos_core.inits import apply_init
+
+    torch.manual_seed(5)
+    conv = nn.Conv2d(8, 8, 5, groups=8, bias=False)
+    report = apply_init(conv, InitConfig(on_ratio=0.75), 5)
+    assert cli.main(["kernels", "-k", "5", "--n", "8", "--on-ratio", "0.75", "--seed", "5",
+                     "--out", str(tmp_path / "k.png")]) == 0
+    text = capsys.readouterr().out
+    norms = conv.weight.detach().flatten(1).norm(dim=1)
+    assert f"On-centre {report.layers[0].on}, Off-centre {report.layers[0].off}" == "On-centre 6, Off-centre 2"
+    assert "On-centre 6, Off-centre 2" in text
+    assert f"mean {norms.mean():.4f}, min {norms.min():.4f}, max {norms.max():.4f}" in text
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, inside MLflow's store
+def test_train_logs_to_mlflow(config_file, tmp_path, capsys):
+    """mlflow.tracking_uri set: params, per-epoch metrics, tags and run-folder artifacts land in MLflow."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cli.main(["train", "-c", str(config_file), "train.epochs=2", "train.steps_per_epoch=1",
+                     f"mlflow.tracking_uri={uri}", "mlflow.experiment=cli-test", "run_name=logged"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])
+    local = [json.loads(x) for x in (tmp_path / "runs" / "logged" / "metrics.jsonl").read_text().splitlines()]
+    assert run.info.status == "FINISHED" and run.info.run_name == "logged"
+    assert run.data.params["init.scheme"] == "dog" and run.data.params["train.epochs"] == "2"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(h["epoch"], pytest.approx(h["val_loss"])) for h in local]
+    assert run.data.tags["echos.torch_version"] == torch.__version__.split("+")[0]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
+        "config.yaml", "environment.json", "init_report.json", "metrics.jsonl"]
