@@ -193,6 +193,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=1, metadata=_doc("save a checkpoint every N epochs (the last always)"))
     keep_checkpoints: int = field(default=1, metadata=_doc("how many epoch checkpoints to keep in the run folder"))
     threads: Optional[int] = field(default=None, metadata=_doc("torch CPU threads; null = torch's default"))
+    kernel_metrics: bool = field(default=True, metadata=_doc(
+        "log On/Off/other fractions, centre-surround index and DoG fit of the depthwise kernels each epoch, "
+        "and kernel mosaics at init and at the last epoch"))
 
     def validate(self, p: str = "train") -> None:
         _int_range(f"{p}.epochs", self.epochs, 1, None)

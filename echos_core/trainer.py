@@ -335,6 +335,13 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
     _write_run_folder(run_dir, cfg, report.to_dict(), history, fresh=ckpt is None)
     log.info(f"run folder: {run_dir}")
+    metric_hooks = list(metric_hooks)
+    if tc.kernel_metrics:
+        from .analysis import epoch_kernel_metrics
+
+        metric_hooks.append(epoch_kernel_metrics)
+        if ckpt is None:
+            write_kernel_mosaics(model, run_dir / "kernels", "init")
     val_loader = make_loader(data.val, tc.batch_size, shuffle=False, seed=cfg.seed, epoch=0,
                              num_workers=cfg.data.num_workers, drop_last=False)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
@@ -414,6 +421,8 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
                 })
                 for old in _epoch_dirs(run_dir / "checkpoints")[: -tc.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
+            if tc.kernel_metrics and epoch == tc.epochs:
+                write_kernel_mosaics(model, run_dir / "kernels", f"epoch_{epoch:04d}")
             if callback is not None:
                 callback(dict(metrics), ckpt_dir)
     finally:
@@ -428,6 +437,22 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
 
 # --------------------------------------------------------------------------- helpers of train()
+
+
+def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: int = 64) -> list[Path]:
+    """PNG mosaics of the first and the last depthwise layer: ``<folder>/<tag>_<layer>.png``."""
+    from .inits import depthwise_kernels
+    from .plots import kernel_mosaic
+
+    layers = list(depthwise_kernels(model))
+    picked = [layers[0], layers[-1]] if len(layers) > 1 else layers
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, kernels in picked:
+        path = folder / f"{tag}_{name.replace('.', '-')}.png"
+        kernel_mosaic(kernels[:max_kernels], path, title=f"{tag}: {name} ({kernels.shape[0]} kernels)")
+        paths.append(path)
+    return paths
 
 
 def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, steps: int, optimizer) -> None:

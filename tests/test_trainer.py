@@ -43,7 +43,7 @@ def three_epochs(tmp_path_factory):
 
     def hook(model):
         w = torch.cat([c.weight.flatten() for _, c in find_depthwise_convs(model)])
-        return {"kernels/mean_abs": w.abs().mean(), "kernels/count": len(find_depthwise_convs(model))}
+        return {"custom/mean_abs": w.abs().mean(), "custom/count": len(find_depthwise_convs(model))}
 
     run = tmp_path_factory.mktemp("runs") / "a"
     result = train(cfg, run, callback=lambda m, d: calls.append((m, d)), metric_hooks=[hook])
@@ -80,7 +80,11 @@ def test_metrics_keys_and_values(three_epochs):
     h = result.history
     assert [m["epoch"] for m in h] == [1, 2, 3]
     base = {"epoch", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec", "lr", "epoch_time_s"}
-    assert base | {"kernels/mean_abs", "kernels/count"} == set(h[0])
+    kernel_keys = {f"kernels/{k}" for k in ("on_fraction", "off_fraction", "other_fraction", "csi_mean",
+                                            "csi_abs_mean", "dog_r2_mean", "count")}
+    assert base | {"custom/mean_abs", "custom/count"} | kernel_keys == set(h[0])
+    # DoG init with on_ratio 0.5: the first epoch's kernels are still mostly On or Off
+    assert h[0]["kernels/on_fraction"] + h[0]["kernels/off_fraction"] > 0.5
     # 4 classes: top-5 is top-4, always right
     assert all(m["val_top5"] == 100.0 for m in h)
     assert all(0.0 <= m["val_top1"] <= 100.0 and m["images_per_sec"] > 0 for m in h)
@@ -91,8 +95,8 @@ def test_metrics_keys_and_values(three_epochs):
     assert result.final == h[-1]
     assert result.best_top1 == max(x["val_top1"] for x in h)
     # hooks: tensors become floats, values merged per epoch
-    assert h[0]["kernels/count"] == 2 and isinstance(h[0]["kernels/mean_abs"], float)
-    assert h[0]["kernels/mean_abs"] != h[-1]["kernels/mean_abs"]
+    assert h[0]["custom/count"] == 2 and isinstance(h[0]["custom/mean_abs"], float)
+    assert h[0]["custom/mean_abs"] != h[-1]["custom/mean_abs"]
 
 
 # --------------------------------------------------------------------------- run folder, checkpoints, callback
@@ -102,7 +106,11 @@ def test_run_folder_files(three_epochs):
     _, cfg, result, _ = three_epochs
     run = result.run_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.yaml", "environment.json", "init_report.json", "metrics.jsonl"]
+        "checkpoints", "config.yaml", "environment.json", "init_report.json", "kernels", "metrics.jsonl"]
+    # mosaics of the first and last depthwise layer, at init and after the last epoch
+    assert sorted(p.name for p in (run / "kernels").iterdir()) == [
+        "epoch_0003_blocks-0-0-fn-0.png", "epoch_0003_blocks-1-0-fn-0.png",
+        "init_blocks-0-0-fn-0.png", "init_blocks-1-0-fn-0.png"]
     assert config_from_dict(yaml.safe_load((run / "config.yaml").read_text())) == cfg
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines == result.history
@@ -153,7 +161,7 @@ def test_resume_reproduces_uninterrupted_run(three_epochs, tmp_path):
     calls = []
     resumed = train(cfg, tmp_path / "b", resume_from=full.run_dir / "checkpoints" / "epoch_0001",
                     callback=lambda m, d: calls.append(m["epoch"]),
-                    metric_hooks=[lambda m: {"kernels/mean_abs": 0.0, "kernels/count": 0}])
+                    metric_hooks=[lambda m: {"custom/mean_abs": 0.0, "custom/count": 0}])
     assert calls == [2, 3]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[0] == full.history[0]  # carried over from the checkpoint

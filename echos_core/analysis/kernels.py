@@ -406,6 +406,10 @@ def epoch_kernel_metrics(model: nn.Module, *, n_clusters: int = 3, normalise: st
     groups = _group_by_size(depthwise_layers(model))
     if not groups:
         return {}
+    if not all(np.isfinite(layer.kernels).all() for layers in groups.values() for layer in layers):
+        # diverged weights: report NaN and let the trainer's loss check raise the real error
+        return {f"kernels/{key}": float("nan") for key in
+                (*(f"{name}_fraction" for name in LABELS), "csi_mean", "csi_abs_mean", "dog_r2_mean", "count")}
     counts = dict.fromkeys(LABELS, 0)
     csis, r2s = [], []
     for k, layers in sorted(groups.items()):
