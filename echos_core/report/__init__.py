@@ -1,0 +1,22 @@
+"""Sweep reports: a sweep's trials read back from MLflow, summarised with honest statistics.
+
+* :mod:`.load`: :func:`load_sweep` reads the trial runs of a sweep (``MlflowClient.search_runs``,
+  ``get_metric_history``) into a pandas table, one row per trial, and the per-epoch curves;
+* :mod:`.stats`: plain functions of that table: arms, :func:`arm_summary` (n, mean, sd, 95% CI),
+  :func:`paired_differences` against a baseline matched by seed, :func:`on_ratio_contrasts`,
+  :func:`on_ratio_trend`, :func:`holm`;
+* :mod:`.plots`: the figures; :mod:`.markdown`: ``report.md`` with its conclusion rules;
+* :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
+"""
+
+from .build import Report, analyse, build_report
+from .load import ReportError, SweepRuns, load_sweep, parse_param
+from .stats import (arm_keys, arm_order, arm_summary, assign_arms, final_values, holm, on_ratio_contrasts,
+                    on_ratio_trend, paired_differences, t_interval)
+
+__all__ = [
+    "ReportError", "SweepRuns", "load_sweep", "parse_param",
+    "arm_keys", "assign_arms", "arm_order", "final_values", "t_interval", "arm_summary",
+    "paired_differences", "on_ratio_contrasts", "on_ratio_trend", "holm",
+    "Report", "analyse", "build_report",
+]

@@ -1,0 +1,104 @@
+"""One sweep report end to end: statistics, CSV tables, figures and ``report.md`` in one folder.
+
+:func:`build_report` is what ``echos report`` runs after :func:`~echos_core.report.load.load_sweep`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .load import SweepRuns
+from .markdown import render_report
+from .plots import has_cluster_fractions, plot_cluster_fractions, plot_learning_curves, plot_metric_vs
+from .stats import PAIR_COLUMNS, arm_summary, assign_arms, holm, on_ratio_contrasts, on_ratio_trend, paired_differences
+
+__all__ = ["Report", "build_report", "analyse"]
+
+# Figures drawn when their key varies among the DoG arms, file name -> config keys on the x axis.
+_VS_FIGURES = {
+    "accuracy_vs_on_ratio.png": ("init.on_ratio",),
+    "accuracy_vs_gamma.png": ("init.gamma_low", "init.gamma_high"),
+    "accuracy_vs_kernel_size.png": ("model.kernel_size",),
+}
+
+
+@dataclass
+class Report:
+    """The numbers of a report (tables as DataFrames) and the files written."""
+
+    runs: SweepRuns
+    trials: pd.DataFrame  # with the ``arm`` column
+    arms: pd.DataFrame  # :func:`arm_summary`
+    paired: pd.DataFrame  # DoG arms vs baselines, with p_holm
+    contrasts: pd.DataFrame  # DoG arms vs the reference on_ratio, with p_holm
+    trend: pd.DataFrame  # :func:`on_ratio_trend`
+    baselines: list[str]
+    reference_on_ratio: float
+    n_comparisons: int = 0  # size of the Holm family
+    files: list[Path] = field(default_factory=list)
+
+
+def analyse(runs: SweepRuns, baselines: Sequence[str] = ("kaiming", "default"),
+            reference_on_ratio: float = 0.5) -> Report:
+    """All the statistics of a report, without writing anything."""
+    metric = runs.metric
+    trials = assign_arms(runs.trials)
+    arms = arm_summary(trials, metric)
+    tables = [paired_differences(trials, b, metric) for b in baselines]
+    found = [t for t in tables if not t.empty]
+    paired = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=PAIR_COLUMNS)
+    contrasts = on_ratio_contrasts(trials, reference_on_ratio, metric)
+    # One Holm family: every paired comparison this report makes.
+    p_all = np.concatenate([paired["p"].to_numpy(dtype=float), contrasts["p"].to_numpy(dtype=float)])
+    adj = holm(p_all)
+    paired = paired.assign(p_holm=adj[:len(paired)])
+    contrasts = contrasts.assign(p_holm=adj[len(paired):])
+    return Report(runs=runs, trials=trials, arms=arms, paired=paired, contrasts=contrasts,
+                  trend=on_ratio_trend(trials, metric), baselines=list(baselines),
+                  reference_on_ratio=reference_on_ratio, n_comparisons=int(np.isfinite(p_all).sum()))
+
+
+def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Sequence[str] = ("kaiming", "default"),
+                 reference_on_ratio: float = 0.5, command: Optional[str] = None,
+                 rerun_command: Optional[str] = None) -> Report:
+    """Write ``trials.csv``, ``arms.csv``, ``paired.csv``, the figures and ``report.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = analyse(runs, baselines, reference_on_ratio)
+    metric = runs.metric
+    files = []
+
+    trials_csv = rep.trials.drop(columns=["start_time"]).copy()
+    trials_csv.insert(1, "arm", trials_csv.pop("arm"))
+    trials_csv.to_csv(out / "trials.csv", index=False)
+    rep.arms.to_csv(out / "arms.csv", index=False)
+    pd.concat([rep.paired.assign(kind="vs baseline"), rep.contrasts.assign(kind=f"vs on_ratio={reference_on_ratio:g}")],
+              ignore_index=True).to_csv(out / "paired.csv", index=False)
+    files += [out / "trials.csv", out / "arms.csv", out / "paired.csv"]
+
+    keys = rep.trials.attrs.get("arm_keys", [])
+    figures: dict[str, Path] = {}
+    has_dog = bool((rep.trials.get("init.scheme") == "dog").any())
+    for name, x_keys in _VS_FIGURES.items():
+        varying = [k for k in x_keys if k in keys]
+        if name == "accuracy_vs_on_ratio.png" and has_dog:
+            varying = list(x_keys)  # the headline figure, even when on_ratio was held fixed
+        if varying:
+            xlim = (-0.05, 1.05) if varying == ["init.on_ratio"] else None  # the whole range, all-Off to all-On
+            figures[name] = plot_metric_vs(rep.trials, varying, out / name, metric, xlim=xlim)
+    figures["learning_curves.png"] = plot_learning_curves(rep.trials, runs.curves, out / "learning_curves.png", metric)
+    if has_cluster_fractions(runs.curves):
+        figures["cluster_fractions.png"] = plot_cluster_fractions(rep.trials, runs.curves,
+                                                                  out / "cluster_fractions.png", metric)
+    files += list(figures.values())
+
+    text = render_report(rep, figures=list(figures), command=command, rerun_command=rerun_command)
+    (out / "report.md").write_text(text)
+    files.append(out / "report.md")
+    rep.files = files
+    return rep

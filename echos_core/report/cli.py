@@ -1,0 +1,141 @@
+"""``echos report SWEEP``: a sweep's trials from MLflow -> ``results/<sweep>/`` (CSV, PNG, report.md).
+
+pandas, scipy, matplotlib and MLflow are imported inside the command only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["register"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report", help="summarise a sweep from MLflow: per-arm statistics, paired differences, figures, report.md",
+        description="Read the trial runs of a sweep from the MLflow tracking store and write OUT/<sweep>/: "
+                    "trials.csv (one row per trial), arms.csv, paired.csv, PNG figures and report.md "
+                    "(per-arm mean, sd and 95% CI of the final metric; seed-paired differences of every DoG "
+                    "arm against each baseline, Holm-adjusted; the trend across init.on_ratio). Trials stopped "
+                    "early by ASHA are counted but never used for final-value claims.")
+    p.add_argument("sweep", metavar="SWEEP", help="sweep name (the spec's `name`, e.g. quick or quick-smoke), "
+                                                  "or the spec file itself (sweeps/quick.yaml)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: the spec's, else "
+                                                         "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: the sweep's, i.e. its name)")
+    p.add_argument("--sweep-id", metavar="ID", help="which invocation of the sweep (default: the newest; "
+                                                    "'all' pools every invocation, one trial per arm and seed)")
+    p.add_argument("--out", "-o", metavar="DIR", default="results", help="parent folder (default results/); the "
+                                                                         "report goes to DIR/<sweep>/")
+    p.add_argument("--baselines", nargs="+", metavar="SCHEME", default=["kaiming", "default"],
+                   help="init schemes every DoG arm is compared with (default: kaiming default)")
+    p.add_argument("--metric", default="val_top1", help="metric compared at the final epoch (default val_top1; "
+                                                        "lower is better for *loss*)")
+    p.add_argument("--reference-on-ratio", type=float, default=0.5, metavar="R",
+                   help="on_ratio every DoG arm is also paired against (default 0.5, the paper's 50/50)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _spec_target(sweep: str) -> Optional[Path]:
+    """The spec file when SWEEP names one (ends in .yaml / .yml)."""
+    if sweep.endswith((".yaml", ".yml")):
+        return Path(sweep)
+    return None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..config import INIT_SCHEMES
+    from ..sweep.spec import default_tracking_uri
+    from ..tracking import resolve_tracking_uri
+    from .load import ReportError
+
+    unknown = [b for b in args.baselines if b not in INIT_SCHEMES]
+    if unknown:
+        raise ReportError(f"--baselines {' '.join(unknown)}: unknown init scheme; known: {', '.join(INIT_SCHEMES)}")
+    if not 0.0 <= args.reference_on_ratio <= 1.0:
+        raise ReportError(f"--reference-on-ratio={args.reference_on_ratio}: must be in [0, 1]")
+
+    name, experiment, spec_uri, spec_path = args.sweep, args.experiment, None, _spec_target(args.sweep)
+    if spec_path is not None:
+        from ..sweep.spec import load_spec
+
+        if not spec_path.is_file():
+            raise ReportError(f"SWEEP {args.sweep}: no such spec file (give a sweep name or an existing spec)")
+        spec = load_spec(spec_path, check_configs=False)
+        name, experiment, spec_uri = spec.name, experiment or spec.experiment, spec.tracking_uri
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri or default_tracking_uri())
+
+    from .build import build_report
+    from .load import load_sweep
+
+    runs = load_sweep(tracking_uri, name, experiment, sweep_id=args.sweep_id, metric=args.metric)
+    out_dir = Path(args.out) / name
+    rep = build_report(runs, out_dir, baselines=args.baselines, reference_on_ratio=args.reference_on_ratio,
+                       command=_regenerate_command(args), rerun_command=_rerun_command(args, name, runs))
+    n_claims = sum(1 for _, r in rep.paired.iterrows() if _claimed(r, args.metric))
+    which = runs.sweep_ids[0] if len(runs.sweep_ids) == 1 else f"{len(runs.sweep_ids)} invocations"
+    print(f"report of sweep {name} ({len(runs.trials)} trials, {len(rep.arms)} arms, {which}): "
+          f"{len(rep.paired)} paired comparisons against baselines, {n_claims} with a 95% CI excluding 0")
+    for f in rep.files:
+        print(f"wrote {f}")
+    return 0
+
+
+def _claimed(row, metric: str) -> bool:
+    from .markdown import verdict
+
+    return verdict(row, metric)[1]
+
+
+def _regenerate_command(args: argparse.Namespace) -> str:
+    parts = ["echos", "report", args.sweep]
+    if args.tracking_uri:
+        parts += ["--tracking-uri", args.tracking_uri]
+    if args.experiment:
+        parts += ["--experiment", args.experiment]
+    if args.sweep_id:
+        parts += ["--sweep-id", args.sweep_id]
+    if args.out != "results":
+        parts += ["--out", args.out]
+    if list(args.baselines) != ["kaiming", "default"]:
+        parts += ["--baselines", *args.baselines]
+    if args.metric != "val_top1":
+        parts += ["--metric", args.metric]
+    if args.reference_on_ratio != 0.5:
+        parts += ["--reference-on-ratio", f"{args.reference_on_ratio:g}"]
+    return shlex.join(parts)
+
+
+def _rerun_command(args: argparse.Namespace, name: str, runs) -> str:
+    """``echos sweep <spec>``: the spec given, else the spec file logged on the parent run, else sweeps/<name>.yaml."""
+    spec = _spec_target(args.sweep)
+    smoke = False
+    if spec is None:
+        base = name
+        if name.endswith("-smoke"):  # echos sweep --smoke-test names its sweep <name>-smoke
+            base, smoke = name[: -len("-smoke")], True
+        spec = Path("sweeps") / f"{base}.yaml"
+        logged = _logged_spec_name(runs)
+        if logged:
+            spec = Path("sweeps") / logged
+    parts = ["echos", "sweep", str(spec)] + (["--smoke-test"] if smoke else [])
+    if args.tracking_uri:
+        parts += ["--tracking-uri", args.tracking_uri]
+    return shlex.join(parts)
+
+
+def _logged_spec_name(runs) -> Optional[str]:
+    """File name of the spec the sweep driver logged as an artifact of its parent run, if any."""
+    if not runs.parents:
+        return None
+    try:
+        from mlflow import MlflowClient
+
+        arts = MlflowClient(tracking_uri=runs.tracking_uri).list_artifacts(runs.parents[-1]["run_id"])
+    except Exception:  # artifacts are a convenience here, never a reason to fail the report
+        return None
+    names = [a.path for a in arts if not a.is_dir and a.path.endswith((".yaml", ".yml"))]
+    return names[0] if len(names) == 1 else None

@@ -1,0 +1,352 @@
+"""``report.md``: what was run, the tables, and a conclusion written from the numbers by fixed rules.
+
+The rules (also printed in the report):
+
+* a difference is claimed only when the 95% t-interval of the seed-paired difference excludes 0;
+  otherwise the report says "no detectable difference at n=<pairs>";
+* fewer than 2 pairs: no interval, no claim;
+* every claim is given with its Holm-adjusted p-value over all paired comparisons of the report,
+  and says whether it survives that correction;
+* only complete trials count; ASHA-stopped trials are counted in the tables, never in a claim.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import pandas as pd
+
+from .stats import CONFIDENCE, _fmt, _is_number, _sort_value, lower_is_better
+
+if TYPE_CHECKING:
+    from .build import Report
+
+__all__ = ["render_report", "verdict"]
+
+_ALPHA = 1 - CONFIDENCE
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+def _p(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _ci(lo: Any, hi: Any, digits: int = 2) -> str:
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return "–"
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def verdict(row: pd.Series | dict, metric: str = "val_top1") -> tuple[str, bool]:
+    """``(text, claimed)`` for one paired comparison, by the report's rules."""
+    n = int(row["n_pairs"])
+    if n < 2:
+        return f"too few pairs (n={n}): no claim", False
+    lo, hi, mean = row["ci_low"], row["ci_high"], row["mean_diff"]
+    if isinstance(lo, float) and math.isnan(lo):
+        return f"no interval (n={n}): no claim", False
+    if lo > 0 or hi < 0:
+        higher = mean > 0
+        better = higher != lower_is_better(metric)
+        return f"{'higher' if higher else 'lower'} ({'better' if better else 'worse'})", True
+    return f"no detectable difference at n={n}", False
+
+
+def _values(trials: pd.DataFrame, key: str, scheme: Optional[str] = None) -> str:
+    if key not in trials.columns:
+        return "–"
+    t = trials if scheme is None else trials[trials["init.scheme"] == scheme]
+    vals = [v for v in t[key].tolist() if not (isinstance(v, float) and math.isnan(v))]
+    uniq = sorted(set(vals), key=_sort_value)
+    if not uniq:
+        return "–"
+    if len(uniq) == 1:
+        return f"`{_fmt(uniq[0])}`"
+    if len(uniq) > 6 and all(_is_number(v) for v in uniq):
+        return f"{len(uniq)} values in [{_fmt(min(uniq))}, {_fmt(max(uniq))}]"
+    return ", ".join(f"`{_fmt(v)}`" for v in uniq)
+
+
+def _hardware(trials: pd.DataFrame) -> str:
+    parts = []
+    for label, col in (("device", "device_name"), ("CUDA available", "cuda_available"), ("CPUs", "cpu_count"),
+                       ("torch threads", "torch_threads")):
+        vals = _unique(trials, col)
+        if vals:
+            parts.append(f"{label} {', '.join(vals)}")
+    hosts = _unique(trials, "node_host") or _unique(trials, "hostname")
+    if hosts:
+        parts.append(f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}"
+                     + (f" ({', '.join(hosts)})" if len(hosts) <= 4 else ""))
+    return "; ".join(parts) or "not recorded in the run tags"
+
+
+def _software(trials: pd.DataFrame) -> str:
+    parts = [f"{name} {', '.join(_unique(trials, f'{name}_version'))}" for name in ("torch", "timm", "echos")
+             if _unique(trials, f"{name}_version")]
+    py = _unique(trials, "python")
+    if py:
+        parts.append(f"python {', '.join(py)}")
+    return ", ".join(parts) or "not recorded in the run tags"
+
+
+def _unique(trials: pd.DataFrame, col: str) -> list[str]:
+    if col not in trials.columns:
+        return []
+    return sorted({str(v) for v in trials[col].tolist()
+                   if v is not None and not (isinstance(v, float) and math.isnan(v))})
+
+
+def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[str] = None,
+                  rerun_command: Optional[str] = None) -> str:
+    runs, trials, metric = rep.runs, rep.trials, rep.runs.metric
+    d = 2 if metric.startswith("val_top") else 4
+    unit = " points" if metric.startswith("val_top") else ""
+    L: list[str] = []
+    w = L.append
+
+    # ---------------------------------------------------------------- header
+    w(f"# Sweep report: `{runs.sweep}`")
+    w("")
+    w(f"Experiment `{runs.experiment}` in `{runs.tracking_uri}`; sweep invocation"
+      f"{'s' if len(runs.sweep_ids) > 1 else ''} {', '.join(f'`{s}`' for s in runs.sweep_ids) or '(untagged)'}"
+      + (f" (of {len(runs.all_sweep_ids)} in this experiment: {', '.join(f'`{s}`' for s in runs.all_sweep_ids)})"
+         if len(runs.all_sweep_ids) > 1 else "") + ".")
+    w(f"Analysed metric: final `{metric}` ({'lower' if lower_is_better(metric) else 'higher'} is better). "
+      f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.")
+    w("")
+    if command:
+        w(f"- Regenerate this report: `{command}`")
+    if rerun_command:
+        w(f"- Rerun the sweep: `{rerun_command}`"
+          + (" (the spec as run is an artifact of the sweep's parent run"
+             f" `{runs.parents[0]['run_id']}`)" if runs.parents else ""))
+    w("")
+
+    # ---------------------------------------------------------------- what was run
+    n = len(trials)
+    n_complete = int(trials["complete"].astype(bool).sum())
+    n_stopped = int(trials["asha_stopped"].astype(bool).sum())
+    n_other = n - n_complete - n_stopped
+    n_repeats = int(rep.arms["n_repeats"].sum()) if not rep.arms.empty else 0
+    pp = runs.parents[0]["params"] if runs.parents else {}
+    w("## What was run")
+    w("")
+    w(f"- **Trials**: {n} ({n_complete} complete, {n_stopped} stopped early by ASHA, {n_other} failed or "
+      f"unfinished){f'; {n_repeats} repeats of a seed already counted were set aside' if n_repeats else ''}. "
+      "ASHA-stopped trials are counted in the tables but excluded from every final-value claim.")
+    w(f"- **Arms** (config minus seed): {len(rep.arms)}; varying keys: "
+      f"{', '.join(f'`{k}`' for k in trials.attrs.get('arm_keys', [])) or '(none)'}.")
+    how = [f"{k} `{pp[key]}`" for k, key in (("search", "search.algorithm"), ("scheduler", "scheduler"))
+           if key in pp]
+    w(f"- **Seeds**: {_values(trials, 'seed')}{'; ' + ', '.join(how) if how else ''}.")
+    w(f"- **Data**: {_values(trials, 'data.name')}, image size {_values(trials, 'data.image_size')}, "
+      f"train limit {_values(trials, 'data.train_limit')}, val limit {_values(trials, 'data.val_limit')}. "
+      "The validation split is the only held-out data: final values are reported, best-epoch values "
+      "(in trials.csv) are selected on it and biased upwards.")
+    w(f"- **Model**: {_values(trials, 'model.name')}, kernel size {_values(trials, 'model.kernel_size')} "
+      f"(null = the model's own), dim {_values(trials, 'model.dim')}, depth {_values(trials, 'model.depth')}.")
+    w(f"- **Training**: epochs {_values(trials, 'train.epochs')}, batch {_values(trials, 'train.batch_size')}, "
+      f"lr {_values(trials, 'train.lr')}, weight decay {_values(trials, 'train.weight_decay')}, "
+      f"steps per epoch cap {_values(trials, 'train.steps_per_epoch')}, device {_values(trials, 'train.device')}, "
+      f"amp {_values(trials, 'train.amp')}.")
+    has_dog = "init.scheme" in trials.columns and bool((trials["init.scheme"] == "dog").any())
+    w(f"- **Init schemes**: {_values(trials, 'init.scheme')}."
+      + (f" DoG: on_ratio {_values(trials, 'init.on_ratio', 'dog')}, gamma in "
+         f"[{_values(trials, 'init.gamma_low', 'dog')}, {_values(trials, 'init.gamma_high', 'dog')}], "
+         f"**scale rule {_values(trials, 'init.scale', 'dog')}**, normalisation "
+         f"{_values(trials, 'init.normalisation', 'dog')}, "
+         f"fraction replaced {_values(trials, 'init.fraction', 'dog')}, "
+         f"noise {_values(trials, 'init.noise', 'dog')}." if has_dog else ""))
+    w(f"- **Hardware**: {_hardware(trials)}.")
+    w(f"- **Software**: {_software(trials)}.")
+    revs = _unique(trials, "git_revision")
+    dirty = any(r.endswith("-dirty") or r == "unknown" for r in revs)
+    w(f"- **Git revision**: {', '.join(f'`{r}`' for r in revs) or 'unknown'}"
+      + (" (**uncommitted changes or untracked package: the code that ran is not exactly recoverable**)"
+         if dirty else "")
+      + (" (**several revisions in one report**)" if len(revs) > 1 else "") + ".")
+    w("")
+
+    # ---------------------------------------------------------------- per arm
+    w(f"## Final `{metric}` per arm")
+    w("")
+    w(f"Final = `{metric}` at the last epoch of a complete trial (all `train.epochs` run). "
+      f"n = complete trials (one per seed); sd over seeds; {CONFIDENCE:.0%} CI = t-interval of the mean, "
+      "t(0.975, n-1) sd/sqrt(n).")
+    w("")
+    rows = [[f"`{r.arm}`", r.n_trials, r.n_asha_stopped, r.n_incomplete, r.n, _num(r["mean"], d), _num(r.sd, d),
+             _ci(r.ci_low, r.ci_high, d), r.seeds or "–"] for _, r in rep.arms.iterrows()]
+    L += _table(["arm", "trials", "ASHA-stopped", "failed/unfinished", "n", "mean", "sd", "95% CI", "seeds"], rows)
+    w("")
+
+    # ---------------------------------------------------------------- paired vs baselines
+    family = rep.n_comparisons
+    w("## Paired differences against the baselines")
+    w("")
+    w(f"d = arm − baseline per seed (same seed: same data subset and order; only the depthwise init differs), "
+      f"over the seeds both completed, baseline run with the same non-init config. Mean, sd and {CONFIDENCE:.0%} "
+      f"t-interval of the mean of d ({unit.strip() or 'metric units'}); p = paired t-test; Holm = p adjusted over all "
+      f"{family} comparisons in this report.")
+    w("")
+    claims: list[str] = []
+    nulls: list[str] = []
+    for b in rep.baselines:
+        if "init.scheme" not in trials.columns or not (trials["init.scheme"] == b).any():
+            w(f"- baseline `{b}`: not run in this sweep.")
+    if not rep.paired.empty:
+        w("")
+        rows = []
+        for _, r in rep.paired.iterrows():
+            text, claimed = verdict(r, metric)
+            rows.append([f"`{r.arm}`", f"`{r.baseline}`", r.n_pairs, _num(r.mean_diff, d), _num(r.sd_diff, d),
+                         _ci(r.ci_low, r.ci_high, d), _p(r.p), _p(r.p_holm), text])
+            _sentence(r, text, claimed, claims, nulls, d, unit)
+        L += _table(["arm", "baseline", "pairs", "mean d", "sd d", "95% CI of d", "p", "p (Holm)", "verdict"], rows)
+    elif has_dog:
+        w("- No DoG arm has a baseline arm with the same non-init config and shared seeds: no paired comparison.")
+    w("")
+
+    # ---------------------------------------------------------------- on_ratio
+    ref = rep.reference_on_ratio
+    w("## The On/Off balance (`init.on_ratio`)")
+    w("")
+    if not rep.contrasts.empty:
+        w(f"Each DoG arm against the DoG arm that differs only in on_ratio = {ref:g} (the paper's 50/50), "
+          "paired by seed.")
+        w("")
+        rows = []
+        for _, r in rep.contrasts.iterrows():
+            text, claimed = verdict(r, metric)
+            rows.append([f"`{r.arm}`", f"`{r.baseline}`", r.n_pairs, _num(r.mean_diff, d), _num(r.sd_diff, d),
+                         _ci(r.ci_low, r.ci_high, d), _p(r.p), _p(r.p_holm), text])
+            _sentence(r, text, claimed, claims, nulls, d, unit)
+        L += _table(["arm", "reference", "pairs", "mean d", "sd d", "95% CI of d", "p", "p (Holm)", "verdict"], rows)
+        w("")
+    elif has_dog:
+        w(f"No paired contrast against on_ratio = {ref:g}: on_ratio was not varied, or {ref:g} was not run.")
+        w("")
+    trend_lines: list[str] = []
+    if not rep.trend.empty:
+        w("Regression of the final value on on_ratio over the complete DoG trials (each trial one point; seed effects "
+          "left in the residual, so these intervals are conservative). Slope = change from all-Off (0) to all-On (1); "
+          "curvature = the x² coefficient of a quadratic fit; optimum = its vertex when it is an interior optimum.")
+        w("")
+        rows = []
+        for _, r in rep.trend.iterrows():
+            rows.append([r.context, r.n, r.n_ratios, _num(r.slope, d), _ci(r.slope_ci_low, r.slope_ci_high, d),
+                         _p(r.slope_p), _num(r.r2, 3), _num(r.curvature, d),
+                         _ci(r.curvature_ci_low, r.curvature_ci_high, d), _p(r.curvature_p), _num(r.optimum, 2)])
+            trend_lines.append(_trend_sentence(r, metric, d, unit))
+        L += _table(["context", "trials", "ratios", "slope", "95% CI", "p", "R²", "curvature", "95% CI", "p",
+                     "vertex (point est.)"], rows)
+        w("")
+    elif has_dog:
+        w("No trend test: fewer than 2 on_ratio values (or 3 complete DoG trials) per context.")
+        w("")
+
+    # ---------------------------------------------------------------- conclusion
+    w("## Conclusion")
+    w("")
+    ranked = rep.arms[rep.arms["n"] > 0].sort_values("mean", ascending=lower_is_better(metric))
+    if len(ranked) > 1:
+        top = ranked.iloc[0]
+        w(f"- Descriptively, the best mean final `{metric}` is `{top.arm}` ({top['mean']:.{d}f}, n={top.n}); "
+          "a ranking of means is not a claim: the claims are the paired comparisons below.")
+    if n_complete == 0:
+        w("- No trial completed: there is no final value to compare. Nothing can be concluded.")
+    for c in claims:
+        w(f"- {c}")
+    if nulls:
+        w(f"- {'; '.join(nulls)}.")
+    for t in trend_lines:
+        w(f"- {t}")
+    if claims and family > 1:
+        surviving = sum(" survives Holm" in c for c in claims)
+        w(f"- Multiple comparisons: {family} paired comparisons were made; {surviving} of the {len(claims)} "
+          f"difference{'s' if len(claims) != 1 else ''} claimed above survive{'s' if surviving == 1 else ''} Holm "
+          f"correction at {_ALPHA:g}. The others may be chance findings of the family.")
+    small = rep.arms[(rep.arms["n"] > 0) & (rep.arms["n"] < 3)]
+    if not small.empty:
+        w(f"- {len(small)} arm{'s have' if len(small) != 1 else ' has'} fewer than 3 complete seeds: intervals are "
+          "wide or missing, and a null result there says little. Run more seeds before drawing conclusions.")
+    if n_stopped:
+        w(f"- {n_stopped} trial{'s were' if n_stopped != 1 else ' was'} stopped early by ASHA and "
+          f"{'are' if n_stopped != 1 else 'is'} not evidence about final {metric}.")
+    if not claims and not nulls and n_complete:
+        w("- No paired comparison was possible; the per-arm table above is descriptive only.")
+    w("")
+
+    # ---------------------------------------------------------------- rules, figures, files
+    w("## Rules used")
+    w("")
+    w(f"- A difference is claimed only when the {CONFIDENCE:.0%} CI of the seed-paired difference excludes 0; "
+      "otherwise: \"no detectable difference at n=…\". Fewer than 2 pairs: no claim.")
+    w("- Claims carry Holm-adjusted p-values (one family: every paired comparison in this report).")
+    w("- Only complete trials give final values; ASHA-stopped, failed and unfinished trials are counted, not used. "
+      "One trial per (arm, seed): a repeated seed re-runs the same init and data order and is no new evidence.")
+    w("- Arm = config minus seed, over the keys that vary; init keys a scheme does not read (e.g. on_ratio for "
+      "kaiming) are ignored.")
+    w("")
+    if figures:
+        w("## Figures")
+        w("")
+        for f in figures:
+            w(f"![{f[:-4]}]({f})")
+            w("")
+    w("## Files")
+    w("")
+    w("- `trials.csv`: one row per trial (run id, arm, seed, status, ASHA flag, epochs, final and best metrics, "
+      "tags, every config key)")
+    w("- `arms.csv`: the per-arm table; `paired.csv`: every paired comparison (with Holm p)")
+    w("")
+    return "\n".join(L)
+
+
+def _sentence(r: pd.Series, text: str, claimed: bool, claims: list[str], nulls: list[str], d: int, unit: str) -> None:
+    ci = _ci(r.ci_low, r.ci_high, d)
+    if claimed:
+        holm_ok = not math.isnan(r.p_holm) and r.p_holm < _ALPHA
+        claims.append(f"`{r.arm}` is {text} than `{r.baseline}` by {abs(r.mean_diff):.{d}f}{unit} "
+                      f"(95% CI of the difference {ci}, n={r.n_pairs} pairs, p={_p(r.p)}, Holm p={_p(r.p_holm)}: "
+                      f"{'survives Holm' if holm_ok else 'does not survive Holm'}).")
+    elif int(r.n_pairs) >= 2:
+        nulls.append(f"`{r.arm}` vs `{r.baseline}`: no detectable difference at n={r.n_pairs} (95% CI {ci})")
+    else:
+        nulls.append(f"`{r.arm}` vs `{r.baseline}`: {text}")
+
+
+def _trend_sentence(r: pd.Series, metric: str, d: int, unit: str) -> str:
+    ctx = "" if r.context == "all" else f" ({r.context})"
+    ci = _ci(r.slope_ci_low, r.slope_ci_high, d)
+    if r.slope_ci_low > 0 or r.slope_ci_high < 0:
+        s = (f"Linear trend across on_ratio{ctx}: final {metric} {'rises' if r.slope > 0 else 'falls'} by "
+             f"{abs(r.slope):.{d}f}{unit} from all-Off to all-On (95% CI {ci}, n={r.n}).")
+    else:
+        s = f"No detectable linear trend across on_ratio{ctx} at n={r.n} (slope 95% CI {ci})."
+    if isinstance(r.curvature, float) and not math.isnan(r.curvature):
+        cci = _ci(r.curvature_ci_low, r.curvature_ci_high, d)
+        if r.curvature_ci_low > 0 or r.curvature_ci_high < 0:
+            if not math.isnan(r.optimum):
+                s += (f" The quadratic fit has an interior optimum near on_ratio ≈ {r.optimum:.2f} (curvature 95% CI "
+                      f"{cci}); a point estimate: whether it differs from 0.5 is judged by the paired contrasts above.")
+            else:
+                s += f" Curvature is detectable (95% CI {cci}) but gives no interior optimum in the range run."
+        else:
+            s += f" No detectable curvature (95% CI {cci}): no evidence for an interior optimum."
+    return s

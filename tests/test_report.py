@@ -1,0 +1,364 @@
+"""``echos report``: a fake sweep logged to a SQLite MLflow store, read back, checked against hand arithmetic."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from echos_core.cli import main
+from echos_core.config import config_from_dict, config_to_dict
+from echos_core.report import (arm_summary, assign_arms, final_values, holm, on_ratio_contrasts, on_ratio_trend,
+                               paired_differences, t_interval)
+from echos_core.tracking import MlflowRun
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = "fake"
+SWEEP_ID = "fake-20250101-000000"
+EPOCHS = 3
+# Final val_top1 (epoch 3) per arm and seed 0, 1, 2: chosen numbers, checked by hand below.
+FINAL = {
+    ("dog", 0.0): [60.0, 62.0, 61.0],
+    ("dog", 0.5): [63.0, 64.5, 62.0],
+    ("dog", 1.0): [61.0, 63.0, 60.5],
+    ("kaiming", None): [60.0, 61.0, 60.5],
+    ("default", None): [59.0, 61.5, 60.0],
+}
+# kaiming/default trials carry a sampled on_ratio they never use (as an Optuna sweep over both writes).
+UNUSED_RATIO = {0: 0.13, 1: 0.77, 2: 0.42}
+STOPPED_FINAL = 40.0  # dog on_ratio=0.5, seed 3, stopped by ASHA after epoch 1
+
+
+def _config(scheme, ratio, seed):
+    cfg = {"model": {"name": "convmixer", "dim": 16, "depth": 2, "kernel_size": 5, "patch_size": 2},
+           "data": {"name": "fake", "image_size": 16, "fake_size": 64, "fake_classes": 4},
+           "init": {"scheme": scheme, "on_ratio": ratio if ratio is not None else UNUSED_RATIO[seed]},
+           "train": {"epochs": EPOCHS, "batch_size": 16, "lr": 3e-3, "device": "cpu", "threads": 1 + seed % 2},
+           "seed": seed}
+    return config_to_dict(config_from_dict(cfg))
+
+
+def _log_trial(uri, parent_id, scheme, ratio, seed, final, epochs, stopped, n):
+    tags = {"echos.sweep": SWEEP, "echos.sweep_id": SWEEP_ID, "echos.trial_id": f"t_{n:05d}",
+            "echos.seed": seed, "echos.status": "stopped" if stopped else "finished",
+            "echos.asha_stopped": "true" if stopped else "false", "echos.git_revision": "abc123",
+            "echos.device_name": "x86_64", "echos.cuda_available": "False", "echos.torch_version": "2.x"}
+    params = {**_config(scheme, ratio, seed), "arm": {"init": f"{scheme}-{ratio}"}}  # as a sweep with arms logs
+    with MlflowRun(uri, SWEEP, f"trial-{n}", params, tags, parent_run_id=parent_id) as run:
+        for e in range(1, epochs + 1):
+            m = {"epoch": e, "val_top1": final - 5.0 * (epochs - e), "val_loss": 2.0 - 0.1 * e,
+                 "train_loss": 2.1 - 0.1 * e}
+            if scheme == "dog":
+                on = ratio if ratio is not None else 0.5
+                m.update({"kernels/on_fraction": on * 0.8, "kernels/off_fraction": (1 - on) * 0.8,
+                          "kernels/other_fraction": 0.2})
+            run.log_epoch(m)
+    return run.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (MLflow's schema set-up is the slow part)."""
+    d = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    with MlflowRun(uri, SWEEP, SWEEP_ID, {"search.algorithm": "grid"},
+                   {"echos.sweep": SWEEP, "echos.sweep_id": SWEEP_ID, "echos.role": "sweep"}) as parent:
+        pass
+    n = 0
+    for (scheme, ratio), finals in FINAL.items():
+        for seed, final in enumerate(finals):
+            _log_trial(uri, parent.run_id, scheme, ratio, seed, final, EPOCHS, False, n)
+            n += 1
+    stopped_id = _log_trial(uri, parent.run_id, "dog", 0.5, 3, STOPPED_FINAL, 1, True, n)
+    # A run of another sweep in another experiment: must not leak into the report.
+    with MlflowRun(uri, "other", "x", {"seed": 0}, {"echos.sweep": "other", "echos.trial_id": "o"}):
+        pass
+    return {"uri": uri, "dir": d, "stopped_id": stopped_id}
+
+
+@pytest.fixture(scope="module")
+def report_dir(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    assert main(["report", SWEEP, "--tracking-uri", store["uri"], "--out", str(out)]) == 0
+    return out / SWEEP
+
+
+# --------------------------------------------------------------------------- end to end on the fake sweep
+
+
+def test_files_written_and_images_valid(report_dir):
+    from matplotlib.image import imread
+
+    for name in ("trials.csv", "arms.csv", "paired.csv", "report.md", "accuracy_vs_on_ratio.png",
+                 "learning_curves.png", "cluster_fractions.png"):
+        assert (report_dir / name).is_file(), name
+    # gamma and kernel size did not vary: no figure against them
+    assert not (report_dir / "accuracy_vs_gamma.png").exists()
+    assert not (report_dir / "accuracy_vs_kernel_size.png").exists()
+    for png in report_dir.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = imread(png)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert img[..., :3].std() > 0.01  # something was drawn
+
+
+def test_trials_csv_one_row_per_trial_with_asha_flag(report_dir, store):
+    t = pd.read_csv(report_dir / "trials.csv")
+    assert len(t) == 16  # 15 complete + 1 ASHA-stopped; the other experiment's run is not there
+    assert {"run_id", "arm", "seed", "status", "asha_stopped", "complete", "epochs_completed", "final_val_top1",
+            "best_val_top1", "init.on_ratio", "model.name", "train.epochs"} <= set(t.columns)
+    stopped = t[t["run_id"] == store["stopped_id"]].iloc[0]
+    assert bool(stopped["asha_stopped"]) and not bool(stopped["complete"])
+    assert stopped["epochs_completed"] == 1 and stopped["final_val_top1"] == STOPPED_FINAL
+    assert t["complete"].sum() == 15
+    # kaiming/default ignore the on_ratio the search sampled for them: one arm each
+    assert set(t["arm"]) == {"dog on_ratio=0", "dog on_ratio=0.5", "dog on_ratio=1", "kaiming", "default"}
+    # train.threads varies too, but is bookkeeping, never part of an arm
+    assert not any("threads" in a for a in t["arm"])
+
+
+def test_arm_mean_sd_and_ci_by_hand_and_asha_excluded(report_dir):
+    arms = pd.read_csv(report_dir / "arms.csv").set_index("arm")
+    a = arms.loc["dog on_ratio=0.5"]
+    assert a["n_trials"] == 4 and a["n_asha_stopped"] == 1 and a["n"] == 3  # counted, not used
+    x = [63.0, 64.5, 62.0]
+    mean = (63.0 + 64.5 + 62.0) / 3
+    sd = math.sqrt(((63.0 - mean) ** 2 + (64.5 - mean) ** 2 + (62.0 - mean) ** 2) / 2)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert a["mean"] == pytest.approx(mean, abs=1e-9)  # 63.1667, not dragged down by the stopped 40.0
+    assert a["sd"] == pytest.approx(sd, abs=1e-9)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((mean - half, mean + half), abs=1e-9)
+    assert a["min"] == min(x) and a["max"] == max(x)
+    k = arms.loc["kaiming"]
+    assert k["n"] == 3 and k["mean"] == pytest.approx(60.5) and k["sd"] == pytest.approx(0.5)
+
+
+def test_paired_difference_by_hand(report_dir):
+    p = pd.read_csv(report_dir / "paired.csv")
+    row = p[(p["arm"] == "dog on_ratio=0.5") & (p["baseline"] == "kaiming")].iloc[0]
+    d = [63.0 - 60.0, 64.5 - 61.0, 62.0 - 60.5]  # 3.0, 3.5, 1.5
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / 2)
+    se = sd / math.sqrt(3)
+    half = stats.t.ppf(0.975, 2) * se
+    t_stat = mean / se
+    assert row["n_pairs"] == 3 and row["seeds"] == "0 1 2"
+    assert row["mean_diff"] == pytest.approx(8.0 / 3, abs=1e-9)
+    assert row["sd_diff"] == pytest.approx(sd, abs=1e-9)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half), abs=1e-9)
+    assert row["ci_low"] > 0  # CI excludes 0: a claim
+    assert row["t"] == pytest.approx(t_stat, abs=1e-9)
+    assert row["p"] == pytest.approx(2 * stats.t.sf(t_stat, 2), abs=1e-9)
+    # one Holm family: 3 DoG arms x 2 baselines + 2 contrasts against on_ratio=0.5
+    assert len(p) == 8 and (p["kind"] == "vs baseline").sum() == 6
+    assert row["p_holm"] >= row["p"]
+    assert row["p_holm"] == pytest.approx(holm(p["p"].to_numpy())[row.name])
+
+
+def test_report_md_states_rules_numbers_and_commands(report_dir, store):
+    md = (report_dir / "report.md").read_text()
+    assert f"echos report {SWEEP} --tracking-uri {store['uri']}" in md
+    assert f"echos sweep sweeps/{SWEEP}.yaml" in md
+    assert "16 (15 complete, 1 stopped early by ASHA, 0 failed or unfinished)" in md
+    # dog 0.5 vs kaiming: CI [0.08, 5.25] excludes 0 (claimed, with its Holm verdict)
+    assert "`dog on_ratio=0.5` is higher (better) than `kaiming` by 2.67 points" in md
+    assert "[0.08, 5.25]" in md and "survive Holm" in md
+    # dog 0 vs kaiming: d = 0, 1, 0.5 -> CI [-0.74, 1.74] includes 0
+    assert "`dog on_ratio=0` vs `kaiming`: no detectable difference at n=3" in md
+    assert "scale rule `unit`" in md and "`abc123`" in md
+    assert "![accuracy_vs_on_ratio](accuracy_vs_on_ratio.png)" in md
+
+
+def test_sweep_given_as_its_spec_file(store, tmp_path):
+    """SWEEP may be the spec: name, experiment and tracking URI come from it, and it is the rerun command."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "sweeps" / "quick.yaml").read_text())
+    spec.update(name=SWEEP, mlflow={"tracking_uri": store["uri"], "experiment": SWEEP})
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["report", str(path), "--out", str(tmp_path / "out"), "--baselines", "kaiming"]) == 0
+    md = (tmp_path / "out" / SWEEP / "report.md").read_text()
+    assert f"echos sweep {path}" in md and "--baselines kaiming" in md
+    assert len(pd.read_csv(tmp_path / "out" / SWEEP / "paired.csv")) == 3 + 2  # 3 vs kaiming, 2 vs on_ratio=0.5
+
+
+# --------------------------------------------------------------------------- the statistics as plain functions
+
+
+def _frame(rows):
+    base = {"complete": True, "asha_stopped": False, "init.on_ratio": 0.5, "train.lr": 0.01}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_holm_by_hand():
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06; NaN ignored (m = 4)
+    out = holm([0.01, 0.04, 0.03, 0.005, float("nan")])
+    assert out[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(out[4])
+    assert holm([0.3, 0.02]) == pytest.approx([0.3, 0.04])  # 0.02*2; then max(0.04, 0.3*1)
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 0.8*2 capped at 1; monotone
+
+
+def test_params_parse_back_as_written():
+    from echos_core.report import parse_param
+    from echos_core.tracking import param_value
+
+    for v in (None, True, False, 5, 0.5, 1e-3, "convmixer", "rand-m9-mstd0.5"):
+        assert parse_param(param_value(v)) == v
+
+
+def test_t_interval_small_n():
+    n, mean, *rest = t_interval([1.0])
+    assert (n, mean) == (1, 1.0) and all(math.isnan(v) for v in rest)
+    n, mean, sd, lo, hi = t_interval([1.0, 3.0])
+    assert (n, mean, sd) == (2, 2.0, pytest.approx(math.sqrt(2)))
+    assert hi - mean == pytest.approx(stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2))
+
+
+def test_pairs_only_within_the_same_non_init_config_and_one_trial_per_seed():
+    rows = []
+    for lr in (0.01, 0.02):
+        for seed in (0, 1, 2):
+            rows.append({"init.scheme": "dog", "seed": seed, "train.lr": lr, "final_val_top1": 70 + seed + 100 * lr,
+                         "start_time": seed})
+            rows.append({"init.scheme": "kaiming", "seed": seed, "train.lr": lr, "final_val_top1": 69 + seed,
+                         "start_time": seed})
+    # a repeat of seed 0 (newer) for dog lr=0.01: replaces, does not add
+    rows.append({"init.scheme": "dog", "seed": 0, "train.lr": 0.01, "final_val_top1": 80.0, "start_time": 99})
+    t = assign_arms(_frame(rows))
+    assert set(t["arm"]) == {"dog lr=0.01", "dog lr=0.02", "kaiming lr=0.01", "kaiming lr=0.02"}
+    p = paired_differences(t, "kaiming").set_index("arm")
+    assert list(p.loc["dog lr=0.01", ["baseline"]]) == ["kaiming lr=0.01"]  # never across learning rates
+    assert len(p) == 2
+    # lr=0.01: d = 80-69, 71+1-70, 72+1-71 = 11, 2, 2
+    assert p.loc["dog lr=0.01", "mean_diff"] == pytest.approx(5.0)
+    assert p.loc["dog lr=0.02", "mean_diff"] == pytest.approx(3.0) and math.isnan(p.loc["dog lr=0.02", "p"])
+    s = arm_summary(t).set_index("arm")
+    assert s.loc["dog lr=0.01", "n"] == 3 and s.loc["dog lr=0.01", "n_repeats"] == 1
+    assert len(final_values(t)) == 12
+
+
+def test_trend_slope_by_hand_and_contrasts():
+    x, y = [], []
+    for r, vals in ((0.0, [60, 62, 61]), (0.5, [63, 64.5, 62]), (1.0, [61, 63, 60.5])):
+        x += [r] * 3
+        y += vals
+    rows = [{"init.scheme": "dog", "init.on_ratio": r, "seed": i % 3, "final_val_top1": v}
+            for i, (r, v) in enumerate(zip(x, y))]
+    t = assign_arms(_frame(rows))
+    tr = on_ratio_trend(t).iloc[0]
+    xm, ym = sum(x) / 9, sum(y) / 9
+    slope = sum((a - xm) * (b - ym) for a, b in zip(x, y)) / sum((a - xm) ** 2 for a in x)
+    assert tr["n"] == 9 and tr["n_ratios"] == 3
+    assert tr["slope"] == pytest.approx(slope)  # (61.5 - 61) / 1 = 0.5
+    assert tr["slope_ci_low"] < 0 < tr["slope_ci_high"]
+    # the middle is highest: the parabola opens downwards with its vertex inside [0, 1]
+    assert tr["curvature"] < 0 and 0 < tr["optimum"] < 1
+    coef = np.polyfit(x, y, 2)
+    assert tr["curvature"] == pytest.approx(coef[0]) and tr["optimum"] == pytest.approx(-coef[1] / (2 * coef[0]))
+    c = on_ratio_contrasts(t, 0.5).set_index("arm")
+    assert set(c.index) == {"dog on_ratio=0", "dog on_ratio=1"}
+    assert c.loc["dog on_ratio=0", "mean_diff"] == pytest.approx((60 - 63 + 62 - 64.5 + 61 - 62) / 3)
+
+
+def test_gamma_and_kernel_size_sweep_pairs_within_kernel_size(tmp_path):
+    """A gamma_range-like grid (kernel 5 and 7 x kaiming and two gamma ranges x 3 seeds), no MLflow needed."""
+    from echos_core.report import SweepRuns, build_report
+
+    rows, curves = [], []
+    for k in (5, 7):
+        for scheme, lo, hi, gain in (("kaiming", 0.2, 0.8, 0.0), ("dog", 0.1, 0.3, 1.0), ("dog", 0.3, 0.7, 2.0)):
+            for seed in (0, 1, 2):
+                run_id = f"r{k}{scheme}{lo}{seed}"
+                rows.append({"run_id": run_id, "seed": seed, "status": "finished", "asha_stopped": False,
+                             "complete": True, "epochs_completed": 2, "epochs_planned": 2, "start_time": seed,
+                             "final_val_top1": 50.0 + k + gain + 0.5 * seed, "init.scheme": scheme,
+                             "init.gamma_low": lo, "init.gamma_high": hi, "init.on_ratio": 0.5,
+                             "model.kernel_size": k, "train.epochs": 2})
+                curves += [(run_id, "val_top1", e, 40.0 + 5 * e) for e in (1, 2)]
+    runs = SweepRuns(sweep="g", experiment="g", tracking_uri="sqlite:///x.db", metric="val_top1", sweep_ids=["g-1"],
+                     all_sweep_ids=["g-1"], trials=pd.DataFrame(rows),
+                     curves=pd.DataFrame(curves, columns=["run_id", "key", "epoch", "value"]), param_keys=[])
+    rep = build_report(runs, tmp_path)
+    assert set(rep.trials["arm"]) == {f"kaiming kernel_size={k}" for k in (5, 7)} | {
+        f"dog gamma_low={lo} gamma_high={hi} kernel_size={k}" for lo, hi in ((0.1, 0.3), (0.3, 0.7)) for k in (5, 7)}
+    p = rep.paired
+    assert len(p) == 4 and all(r.baseline.endswith(r.arm[-13:]) for r in p.itertuples())  # same kernel_size
+    diffs = dict(zip(p["arm"], p["mean_diff"]))
+    assert diffs["dog gamma_low=0.1 gamma_high=0.3 kernel_size=7"] == pytest.approx(1.0)
+    assert diffs["dog gamma_low=0.3 gamma_high=0.7 kernel_size=5"] == pytest.approx(2.0)
+    assert (p["sd_diff"] == 0).all() and p["p"].isna().all()  # no spread: an interval of width 0, no t-test
+    assert rep.contrasts.empty and rep.trend.empty  # on_ratio held at 0.5
+    for name in ("accuracy_vs_gamma.png", "accuracy_vs_kernel_size.png", "accuracy_vs_on_ratio.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert not (tmp_path / "cluster_fractions.png").exists()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_unknown_experiment_lists_existing(store, capsys, tmp_path):
+    assert main(["report", "nosuch", "--tracking-uri", store["uri"], "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("echos: error: experiment 'nosuch' not found") and "fake" in err and "other" in err
+    assert not (tmp_path / "nosuch").exists()
+
+
+def test_unknown_sweep_in_experiment_lists_sweeps(store, capsys, tmp_path):
+    assert main(["report", "nosuch", "--experiment", SWEEP, "--tracking-uri", store["uri"],
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sweeps there: fake" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--baselines", "kaiming", "xavier"], "unknown init scheme"),
+    (["--metric", "val_top9"], "no trial logged it"),
+    (["--sweep-id", "fake-1999"], "not a sweep id"),
+    (["--reference-on-ratio", "1.5"], "must be in [0, 1]"),
+])
+def test_bad_options_one_line_exit_2(store, capsys, tmp_path, argv, needle):
+    assert main(["report", SWEEP, "--tracking-uri", store["uri"], "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_missing_store_is_an_error_and_not_created(tmp_path, capsys):
+    db = tmp_path / "none.db"
+    assert main(["report", SWEEP, "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path)]) == 2
+    assert "no MLflow store" in capsys.readouterr().err and not db.exists()
+
+
+# --------------------------------------------------------------------------- a real (tiny) sweep
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_report_of_a_real_smoke_sweep(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "echos_core", "sweep", str(REPO / "sweeps" / "quick.yaml"),
+                           "--smoke-test", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "results"
+    assert main(["report", "quick-smoke", "--tracking-uri", uri, "--out", str(out)]) == 0
+    d = out / "quick-smoke"
+    t = pd.read_csv(d / "trials.csv")
+    assert len(t) == 4  # 2 configurations x 2 seeds
+    assert set(t["seed"]) == {0, 1} and (t["epochs_completed"] >= 1).all()
+    assert (t["complete"] | t["asha_stopped"]).all()
+    # arms from the sweep's arm param (init scheme / on_ratio) and the sampled lr, never its `arm.init` label
+    assert all(a.split()[0] in ("dog", "kaiming", "default") and "init=" not in a for a in t["arm"])
+    assert not any("on_ratio=" in a for a in t["arm"] if not a.startswith("dog"))
+    for name in ("report.md", "arms.csv", "paired.csv", "learning_curves.png"):
+        assert (d / name).stat().st_size > 0
+    md = (d / "report.md").read_text()
+    assert "echos sweep sweeps/quick.yaml --smoke-test" in md
