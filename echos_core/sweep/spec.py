@@ -1,0 +1,861 @@
+"""Sweep specs: a YAML file parsed into a :class:`SweepSpec` and validated before Ray starts.
+
+The format is documented with an annotated example in ``sweeps/README.md``.  In short::
+
+    name, description, base, space, search, num_samples, max_concurrent, scheduler,
+    metric, mode, resources, seeds, mlflow, ray, smoke_test
+
+Validation happens in two steps, both before any Ray process exists:
+
+1. :func:`parse_spec`: the spec's own schema (keys, types, ranges, the rules that tie
+   them together);
+2. :func:`check_trainer_configs`: the trainer configs the space can produce.  The
+   :class:`~echos_core.config.Config` is built at the bounds of every range (every value of
+   small integer ranges, every choice, every arm), and for the combinations of the
+   parameters that shape the model or its init, the model is built on the CPU and
+   :func:`echos_core.inits.check_init` run against it (e.g. a gamma range that some kernel
+   size in the space cannot hold).  Nothing is trained.
+
+Every error is a :class:`SpecError` (a :class:`~echos_core.config.ConfigError`): one line
+naming the key, the value and the rule; the CLI exits with status 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from ..config import Config, ConfigError, _known_paths, apply_overrides, config_from_dict, set_dotted
+
+__all__ = [
+    "SpecError",
+    "Param",
+    "SearchSpec",
+    "SchedulerSpec",
+    "SweepSpec",
+    "load_spec",
+    "parse_spec",
+    "check_trainer_configs",
+    "smoke_spec",
+    "SEARCH_ALGORITHMS",
+    "SCHEDULERS",
+    "PARAM_TYPES",
+    "METRICS",
+]
+
+SEARCH_ALGORITHMS = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "none")
+PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
+# What the trainer reports every epoch and a sweep can optimise.
+METRICS = ("val_top1", "val_top5", "val_loss", "train_loss")
+# Keys the sweep sets itself: a trial's seed comes from `seeds`, its folder and MLflow run from Ray.
+RESERVED_KEYS = ("seed", "output_dir", "run_name", "mlflow.tracking_uri", "mlflow.experiment")
+# An int range with at most this many values is validated at every value, not only its ends.
+_INT_PROBE_ALL = 64
+# At most this many model/init combinations are built for check_init; beyond, one parameter at a time.
+_MAX_COMBOS = 256
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+TOP_KEYS = ("name", "description", "base", "space", "search", "num_samples", "max_concurrent",
+            "scheduler", "metric", "mode", "resources", "seeds", "mlflow", "ray", "smoke_test")
+
+
+class SpecError(ConfigError):
+    """A sweep spec breaks a rule.  ``str(err)`` is one line: key, value, rule."""
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+@dataclass
+class Param:
+    """One dimension of the search space.
+
+    ``key`` is a dotted config key (``init.on_ratio``), or, for *arms*, a free name whose
+    values are mappings of several dotted keys (``{init.scheme: dog, init.on_ratio: 0.25}``).
+    Arms are sampled by label (:attr:`labels`), which is what Ray, Optuna and the progress
+    table see; :meth:`overrides` turns a label back into its config keys.
+    """
+
+    key: str
+    type: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    step: Optional[int] = None
+    values: Optional[list] = None
+    arms: Optional[dict[str, dict[str, Any]]] = None  # label -> {dotted key: value}
+
+    @property
+    def is_arm(self) -> bool:
+        return self.arms is not None
+
+    @property
+    def labels(self) -> list:
+        """What the search samples: the values, or the arm labels."""
+        return list(self.arms) if self.arms is not None else list(self.values or [])
+
+    @property
+    def size(self) -> Optional[int]:
+        """Number of distinct values, None for continuous ranges."""
+        if self.type in ("choice", "grid"):
+            return len(self.labels)
+        if self.type == "int":
+            return int((self.high - self.low) // self.step) + 1
+        return None
+
+    def probes(self) -> list:
+        """The values the trainer config is validated at (bounds, every choice, small int ranges whole)."""
+        if self.type in ("choice", "grid"):
+            return self.labels
+        if self.type == "int":
+            if self.size <= _INT_PROBE_ALL:
+                return list(range(int(self.low), int(self.high) + 1, int(self.step)))
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+    def overrides(self, value: Any) -> dict[str, Any]:
+        """``{dotted key: value}`` that one sampled value sets."""
+        if self.arms is not None:
+            return dict(self.arms[value])
+        return {self.key: value}
+
+    def config_keys(self) -> set[str]:
+        if self.arms is not None:
+            return {k for arm in self.arms.values() for k in arm}
+        return {self.key}
+
+    def describe(self) -> str:
+        if self.type in ("uniform", "loguniform"):
+            return f"{self.type} [{self.low:g}, {self.high:g}]"
+        if self.type == "int":
+            step = f" step {self.step}" if self.step != 1 else ""
+            return f"int [{int(self.low)}, {int(self.high)}]{step} ({self.size} values)"
+        if self.arms is not None:
+            width = max(len(label) for label in self.arms)
+            inner = "".join(f"\n      {label:<{width}}  {_inline(arm)}" for label, arm in self.arms.items())
+            return f"{self.type} of {len(self.arms)} arms:{inner}"
+        return f"{self.type} {_inline(self.values)}"
+
+
+@dataclass
+class SearchSpec:
+    algorithm: str = "optuna"  # optuna (TPE) | random | grid
+    seed: int = 0  # sampler seed (optuna, random)
+    n_startup_trials: int = 10  # optuna TPE: configurations sampled at random before TPE takes over
+
+    def describe(self) -> str:
+        if self.algorithm == "optuna":
+            return f"optuna TPE (seed {self.seed}, {self.n_startup_trials} random start-up configurations)"
+        if self.algorithm == "random":
+            return f"random (optuna RandomSampler, seed {self.seed})"
+        return "grid"
+
+
+@dataclass
+class SchedulerSpec:
+    type: str = "none"  # asha | none
+    max_t: Optional[int] = None  # epochs; default train.epochs
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+    def describe(self) -> str:
+        if self.type == "none":
+            return "none (every trial runs its full train.epochs)"
+        return (f"asha (max_t {self.max_t}, grace_period {self.grace_period}, "
+                f"reduction_factor {self.reduction_factor:g}, time unit: epoch)")
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: dict
+    params: list[Param] = field(default_factory=list)
+    description: str = ""
+    search: SearchSpec = field(default_factory=SearchSpec)
+    num_samples: int = 1  # configurations (optuna, random); each runs once per seed
+    max_concurrent: Optional[int] = None  # None: as many as the resources allow
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    metric: str = "val_top1"
+    mode: str = "max"
+    cpus: float = 1.0  # per trial
+    gpus: float = 0.0  # per trial, fractions allowed
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
+    experiment: str = ""  # default: name
+    storage_path: str = "ray_results"
+    max_failures: int = 2
+    keep_checkpoints: int = 2
+    num_cpus: Optional[int] = None  # local Ray instance only; None = all cores
+    smoke_test: dict = field(default_factory=dict)  # dotted overrides for --smoke-test
+    source: Optional[str] = None
+
+    @property
+    def n_configs(self) -> int:
+        """Distinct configurations the search runs (before seeds)."""
+        if self.search.algorithm == "grid":
+            return math.prod(p.size for p in self.params)
+        return self.num_samples
+
+    @property
+    def n_trials(self) -> int:
+        return self.n_configs * len(self.seeds)
+
+    def param(self, key: str) -> Param:
+        return next(p for p in self.params if p.key == key)
+
+    def overrides(self, sampled: dict) -> dict[str, Any]:
+        """Dotted config keys set by one sampled point (``{param key: value or arm label}``)."""
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.key in sampled:
+                out.update(p.overrides(sampled[p.key]))
+        return out
+
+    def config_dict(self, sampled: dict, seed: int) -> dict:
+        """The nested trainer config of one trial: base, then the sampled values, then the seed."""
+        d = copy.deepcopy(self.base)
+        apply_overrides(d, self.overrides(sampled))
+        d["seed"] = seed
+        return d
+
+    def build_config(self, sampled: dict, seed: int) -> Config:
+        return config_from_dict(self.config_dict(sampled, seed))
+
+    def summary_dict(self) -> dict:
+        """Everything that defines the sweep, JSON-ready (stored beside the Ray experiment)."""
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+
+def _inline(v: Any) -> str:
+    """One-line YAML spelling of a value: ``dog``, ``0.25``, ``null``, ``[3, 5]``, ``{init.scheme: dog}``."""
+    if isinstance(v, (list, dict)):
+        return yaml.safe_dump(v, default_flow_style=True, width=10**6, sort_keys=False).strip()
+    return yaml.safe_dump([v], default_flow_style=True, width=10**6).strip()[1:-1]
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _err(key: str, value: Any, rule: str) -> SpecError:
+    return SpecError(key, value, rule)
+
+
+def _mapping(d: Any, key: str) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise _err(key, d, "must be a mapping")
+    return d
+
+
+def _only_keys(d: dict, allowed: Iterable[str], prefix: str) -> None:
+    allowed = tuple(allowed)
+    for k, v in d.items():
+        if k not in allowed:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise _err(where, v, f"unknown key; allowed{' in ' + prefix if prefix else ''}: {', '.join(allowed)}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(d: dict, k: str, key: str, default: Any, lo: Optional[int] = None) -> Any:
+    v = d.get(k, default)
+    if v is None:
+        return None
+    if not _is_int(v):
+        raise _err(key, v, "must be an integer")
+    if lo is not None and v < lo:
+        raise _err(key, v, f"must be >= {lo}")
+    return v
+
+
+def _num(d: dict, k: str, key: str, default: Any) -> Any:
+    v = d.get(k, default)
+    if not _is_num(v):
+        raise _err(key, v, "must be a finite number")
+    return v
+
+
+def _str(d: dict, k: str, key: str, default: Any, choices: Optional[tuple] = None) -> Any:
+    v = d.get(k, default)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise _err(key, v, "must be a non-empty string" + (f": one of {', '.join(choices)}" if choices else ""))
+    if choices and v not in choices:
+        raise _err(key, v, f"must be one of {', '.join(choices)}")
+    return v
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def load_spec(path: str | Path, *, tracking_uri: Optional[str] = None,
+              storage_path: Optional[str] = None, check_configs: bool = True) -> SweepSpec:
+    """Read, parse and validate a spec file (``tracking_uri``/``storage_path`` override the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise _err("SPEC", str(path), "file does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise _err("SPEC", str(path), f"is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise _err("SPEC", str(path), "must contain a mapping at the top level")
+    if tracking_uri is not None:
+        data.setdefault("mlflow", {})
+        if not isinstance(data["mlflow"], dict):
+            raise _err("mlflow", data["mlflow"], "must be a mapping")
+        data["mlflow"]["tracking_uri"] = tracking_uri
+    if storage_path is not None:
+        data.setdefault("ray", {})
+        if not isinstance(data["ray"], dict):
+            raise _err("ray", data["ray"], "must be a mapping")
+        data["ray"]["storage_path"] = storage_path
+    spec = parse_spec(data, base_dir=p.parent)
+    spec.source = str(p)
+    if check_configs:
+        check_trainer_configs(spec)
+    return spec
+
+
+def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
+    """Check the spec's own schema and rules; return the :class:`SweepSpec`."""
+    data = _mapping(data, "spec")
+    _only_keys(data, TOP_KEYS, "")
+
+    name = _str(data, "name", "name", None)
+    if name is None:
+        raise _err("name", None, "is required (the sweep's name: letters, digits, '-', '_', '.')")
+    if not _NAME.match(name):
+        raise _err("name", name, "must start with a letter or digit and hold only letters, digits, '-', '_', '.'")
+    description = data.get("description", "") or ""
+    if not isinstance(description, str):
+        raise _err("description", description, "must be a string")
+
+    base = _parse_base(data.get("base"), Path(base_dir))
+
+    search = _parse_search(data.get("search", "optuna"))
+    params = _parse_space(data.get("space"), search.algorithm)
+
+    # ---- how many
+    if search.algorithm == "grid":
+        if data.get("num_samples") not in (None, 1):
+            raise _err("num_samples", data["num_samples"],
+                       "must be left out with search grid (the grid is run once, per seed)")
+        num_samples = 1
+    else:
+        if not params:
+            raise _err("space", data.get("space"), f"is empty; search {search.algorithm} needs at least one "
+                                                   "parameter (use search grid to repeat the base config over seeds)")
+        num_samples = _int(data, "num_samples", "num_samples", None, lo=1)
+        if num_samples is None:
+            raise _err("num_samples", None, f"is required with search {search.algorithm} "
+                                            "(configurations to sample; each runs once per seed)")
+    max_concurrent = _int(data, "max_concurrent", "max_concurrent", None, lo=1)
+
+    # ---- seeds
+    seeds = data.get("seeds", [0])
+    if _is_int(seeds):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        raise _err("seeds", seeds, "must be a non-empty list of integers")
+    for s in seeds:
+        if not _is_int(s) or not 0 <= s < 2**32:
+            raise _err("seeds", s, "every seed must be an integer in [0, 2**32)")
+    if len(set(seeds)) != len(seeds):
+        raise _err("seeds", seeds, "must not repeat a seed")
+
+    # ---- objective
+    metric = _str(data, "metric", "metric", "val_top1", METRICS)
+    mode = _str(data, "mode", "mode", "max", ("min", "max"))
+
+    # ---- resources
+    res = _mapping(data.get("resources"), "resources")
+    _only_keys(res, ("cpus", "gpus"), "resources")
+    cpus = _num(res, "cpus", "resources.cpus", 1)
+    if cpus <= 0:
+        raise _err("resources.cpus", cpus, "must be > 0")
+    gpus = _num(res, "gpus", "resources.gpus", 0)
+    if gpus < 0:
+        raise _err("resources.gpus", gpus, "must be >= 0 (fractions such as 0.5 share a GPU)")
+    if gpus > 1 and gpus != int(gpus):
+        raise _err("resources.gpus", gpus, "must be a whole number when above 1")
+
+    # ---- scheduler
+    scheduler = _parse_scheduler(data.get("scheduler", "none"))
+
+    # ---- mlflow
+    ml = _mapping(data.get("mlflow"), "mlflow")
+    _only_keys(ml, ("tracking_uri", "experiment"), "mlflow")
+    tracking_uri = _str(ml, "tracking_uri", "mlflow.tracking_uri", None)
+    experiment = _str(ml, "experiment", "mlflow.experiment", name)
+
+    # ---- ray
+    ray = _mapping(data.get("ray"), "ray")
+    _only_keys(ray, ("storage_path", "max_failures", "keep_checkpoints", "num_cpus"), "ray")
+    storage_path = _str(ray, "storage_path", "ray.storage_path", "ray_results")
+    max_failures = _int(ray, "max_failures", "ray.max_failures", 2, lo=0)
+    keep_checkpoints = _int(ray, "keep_checkpoints", "ray.keep_checkpoints", 2, lo=1)
+    num_cpus = _int(ray, "num_cpus", "ray.num_cpus", None, lo=1)
+
+    # ---- smoke-test overrides
+    smoke = _mapping(data.get("smoke_test"), "smoke_test")
+    for k, v in smoke.items():
+        _check_config_key(f"smoke_test.{k}", k, v)
+
+    spec = SweepSpec(name=name, base=base, params=params, description=description.strip(), search=search,
+                     num_samples=num_samples, max_concurrent=max_concurrent, scheduler=scheduler,
+                     metric=metric, mode=mode, cpus=cpus, gpus=gpus, seeds=list(seeds),
+                     tracking_uri=tracking_uri, experiment=experiment, storage_path=storage_path,
+                     max_failures=max_failures, keep_checkpoints=keep_checkpoints, num_cpus=num_cpus,
+                     smoke_test=dict(smoke))
+    _check_cross_rules(spec)
+    return spec
+
+
+def _parse_base(raw: Any, base_dir: Path) -> dict:
+    if raw is None:
+        raise _err("base", None, "is required: the trainer config (a mapping, or the path of an `echos train` YAML)")
+    if isinstance(raw, str):
+        p = Path(raw)
+        p = p if p.is_absolute() else base_dir / p
+        if not p.is_file():
+            raise _err("base", raw, f"file does not exist (looked for {p})")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise _err("base", str(p), f"is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise _err("base", raw, "must be a mapping (the trainer config tree) or the path of a YAML file")
+    base = copy.deepcopy(raw)
+    for key in ("seed", "mlflow.tracking_uri", "mlflow.experiment"):  # output_dir/run_name: Ray's trial folder wins
+        head, _, rest = key.partition(".")
+        if head in base and (not rest or (isinstance(base[head], dict) and rest in base[head])):
+            val = base[head] if not rest else base[head][rest]
+            raise _err(f"base.{key}", val, _reserved_rule(key))
+    try:
+        config_from_dict(base)
+    except ConfigError as e:
+        raise _err(f"base.{e.field}", e.value, e.rule) from None
+    return base
+
+
+def _reserved_rule(key: str) -> str:
+    if key == "seed":
+        return "is set by the sweep: list seeds under `seeds`"
+    if key.startswith("mlflow."):
+        return "is set by the sweep: use the spec's `mlflow` section"
+    return "is set by the sweep (every trial gets its own folder and MLflow run)"
+
+
+def _parse_search(raw: Any) -> SearchSpec:
+    if isinstance(raw, str):
+        raw = {"algorithm": raw}
+    raw = _mapping(raw, "search")
+    _only_keys(raw, ("algorithm", "seed", "n_startup_trials"), "search")
+    algo = _str(raw, "algorithm", "search.algorithm", "optuna", SEARCH_ALGORITHMS)
+    seed = _int(raw, "seed", "search.seed", 0, lo=0)
+    n_startup = _int(raw, "n_startup_trials", "search.n_startup_trials", 10, lo=1)
+    if algo != "optuna" and "n_startup_trials" in raw:
+        raise _err("search.n_startup_trials", raw["n_startup_trials"], "only applies to search algorithm optuna")
+    if algo == "grid" and "seed" in raw:
+        raise _err("search.seed", raw["seed"], "does not apply to search grid (nothing is sampled)")
+    return SearchSpec(algorithm=algo, seed=seed, n_startup_trials=n_startup)
+
+
+def _parse_scheduler(raw: Any) -> SchedulerSpec:
+    if raw is None or raw == "none":
+        return SchedulerSpec(type="none")
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    raw = _mapping(raw, "scheduler")
+    typ = _str(raw, "type", "scheduler.type", None, SCHEDULERS)
+    if typ is None:
+        raise _err("scheduler.type", None, f"is required: one of {', '.join(SCHEDULERS)}")
+    if typ == "none":
+        _only_keys(raw, ("type",), "scheduler")
+        return SchedulerSpec(type="none")
+    _only_keys(raw, ("type", "max_t", "grace_period", "reduction_factor"), "scheduler")
+    max_t = _int(raw, "max_t", "scheduler.max_t", None, lo=1)
+    grace = _int(raw, "grace_period", "scheduler.grace_period", 1, lo=1)
+    rf = _num(raw, "reduction_factor", "scheduler.reduction_factor", 2)
+    if rf < 2:
+        raise _err("scheduler.reduction_factor", rf, "must be >= 2 (keep the best 1/reduction_factor at each rung)")
+    if max_t is not None and grace > max_t:
+        raise _err("scheduler.grace_period", grace, f"must be <= scheduler.max_t ({max_t})")
+    return SchedulerSpec(type=typ, max_t=max_t, grace_period=grace, reduction_factor=float(rf))
+
+
+def _check_config_key(where: str, key: Any, value: Any) -> None:
+    if not isinstance(key, str):
+        raise _err(where, key, "must be a dotted config key such as init.on_ratio")
+    if key in RESERVED_KEYS:
+        raise _err(where, value, _reserved_rule(key))
+    try:
+        set_dotted({}, key, value)
+    except ConfigError as e:
+        raise _err(where, value, e.rule) from None
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, bool, int, float))
+
+
+def _parse_space(raw: Any, algorithm: str) -> list[Param]:
+    raw = _mapping(raw, "space")
+    params = [_parse_param(key, spec, algorithm) for key, spec in raw.items()]
+    owner: dict[str, str] = {}
+    for p in params:
+        for k in sorted(p.config_keys()):
+            if k in owner:
+                raise _err(f"space.{p.key}", k, f"sets a config key that space.{owner[k]} also sets")
+            owner[k] = p.key
+    return params
+
+
+def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
+    where = f"space.{key}"
+    if not isinstance(key, str) or not key:
+        raise _err("space", key, "keys must be dotted config keys (init.on_ratio) or arm names")
+    if not isinstance(spec, dict):
+        raise _err(where, spec, "must be a mapping with `type` and its arguments, e.g. {type: uniform, low: 0, high: 1}")
+    typ = _str(spec, "type", f"{where}.type", None, PARAM_TYPES)
+    if typ is None:
+        raise _err(f"{where}.type", None, f"is required: one of {', '.join(PARAM_TYPES)}")
+    if typ == "grid" and algorithm != "grid":
+        raise _err(f"{where}.type", typ, f"grid parameters need search grid (search is {algorithm}; use choice)")
+    if algorithm == "grid" and typ != "grid":
+        raise _err(f"{where}.type", typ, "must be grid with search grid (every dimension is enumerated)")
+
+    if typ in ("uniform", "loguniform", "int"):
+        _only_keys(spec, ("type", "low", "high") + (("step",) if typ == "int" else ()), where)
+        if typ in ("uniform", "loguniform"):
+            _check_config_key(where, key, spec.get("low"))
+        for b in ("low", "high"):
+            if b not in spec:
+                raise _err(f"{where}.{b}", None, f"is required for type {typ}")
+        low, high = spec["low"], spec["high"]
+        if typ == "int":
+            low = _int(spec, "low", f"{where}.low", None)
+            high = _int(spec, "high", f"{where}.high", None)
+            step = _int(spec, "step", f"{where}.step", 1, lo=1)
+            _check_config_key(where, key, low)
+            if low > high:
+                raise _err(f"{where}.low", low, f"must be <= high ({high})")
+            if (high - low) % step:
+                raise _err(f"{where}.high", high, f"high - low must be a multiple of step ({step}) "
+                                                  f"so that high is reachable from low")
+            return Param(key=key, type=typ, low=low, high=high, step=step)
+        for b, v in (("low", low), ("high", high)):
+            if not _is_num(v):
+                raise _err(f"{where}.{b}", v, "must be a finite number")
+        if low >= high:
+            raise _err(f"{where}.low", low, f"must be < high ({high}); use a constant in base for a single value")
+        if typ == "loguniform" and low <= 0:
+            raise _err(f"{where}.low", low, "must be > 0 for loguniform")
+        return Param(key=key, type=typ, low=float(low), high=float(high))
+
+    # choice / grid
+    _only_keys(spec, ("type", "values"), where)
+    values = spec.get("values")
+    named = isinstance(values, dict)  # {label: arm, ...}: arms with chosen labels
+    if not (isinstance(values, list) or named) or not values:
+        raise _err(f"{where}.values", values, f"must be a non-empty list (or a mapping of labelled arms) for type {typ}")
+    items = list(values.items()) if named else [(None, v) for v in values]
+    if named or all(isinstance(v, dict) for _, v in items):
+        if key in _known_paths():
+            raise _err(f"{where}.values", items[0][1], "must be plain values for a config key; mappings of "
+                                                       "several config keys (arms) need a name that is not a config key")
+        arms: dict[str, dict] = {}
+        seen: dict[str, str] = {}
+        for i, (label, arm) in enumerate(items):
+            at = f"{where}.values.{label}" if named else f"{where}.values[{i}]"
+            if named and not (isinstance(label, str) and _NAME.match(label)):
+                raise _err(at, label, "an arm label must be letters, digits, '-', '_', '.'")
+            if not isinstance(arm, dict) or not arm:
+                raise _err(at, arm, "an arm must be a mapping that sets at least one config key")
+            for k, v in arm.items():
+                _check_config_key(f"{at}.{k}", k, v)
+                if not _scalar(v):
+                    raise _err(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
+            label = label if named else arm_label(arm)
+            fingerprint = _inline(dict(sorted(arm.items())))
+            if fingerprint in seen or label in arms:
+                raise _err(at, arm, "repeats an earlier arm")
+            seen[fingerprint] = label
+            arms[label] = dict(arm)
+        return Param(key=key, type=typ, arms=arms)
+    for i, v in enumerate(values):
+        if isinstance(v, dict):
+            raise _err(f"{where}.values[{i}]", v, "mixes a mapping (arm) with plain values; use one or the other")
+        if not _scalar(v):
+            raise _err(f"{where}.values[{i}]", v, "must be a plain value (number, string, bool, null)")
+    _check_config_key(where, key, values[0])
+    if len({_inline(v) for v in values}) != len(values):
+        raise _err(f"{where}.values", values, "must not repeat a value")
+    return Param(key=key, type=typ, values=list(values))
+
+
+def arm_label(arm: dict) -> str:
+    """A short readable label: ``{init.scheme: dog, init.on_ratio: 0.25}`` -> ``scheme=dog,on_ratio=0.25``."""
+    parts = []
+    for k, v in arm.items():
+        parts.append(f"{k.rsplit('.', 1)[-1]}={_inline(v)}")
+    return ",".join(parts)
+
+
+def _check_cross_rules(spec: SweepSpec) -> None:
+    """Rules that tie sections together (the trainer configs themselves come later)."""
+    device = str(spec.base.get("train", {}).get("device", "auto"))
+    if spec.gpus == 0 and device.startswith("cuda"):
+        raise _err("resources.gpus", spec.gpus, f"is 0 but base train.device is {device!r}: "
+                                                "a trial without a GPU cannot use one")
+    if spec.gpus > 0 and device == "cpu":
+        raise _err("resources.gpus", spec.gpus, "is > 0 but base train.device is 'cpu': the GPU would sit idle")
+    sch = spec.scheduler
+    if sch.type == "asha":
+        epochs = _possible_values(spec, "train.epochs")
+        lo = min(epochs)
+        if sch.max_t is None:
+            if len(epochs) > 1:
+                raise _err("scheduler.max_t", None, "is required when train.epochs is searched")
+            sch.max_t = lo
+        if sch.max_t > lo:
+            raise _err("scheduler.max_t", sch.max_t, f"must be <= train.epochs ({lo}): a trial never reports "
+                                                     "beyond its own train.epochs")
+        if sch.grace_period > sch.max_t:
+            raise _err("scheduler.grace_period", sch.grace_period, f"must be <= scheduler.max_t ({sch.max_t})")
+        if spec.n_trials < 2:
+            raise _err("scheduler.type", "asha", "needs at least 2 trials to compare; use scheduler none")
+
+
+def _possible_values(spec: SweepSpec, key: str) -> list:
+    """Every value ``key`` can take in this sweep (its base value if the space leaves it alone)."""
+    for p in spec.params:
+        if key in p.config_keys():
+            if p.arms is not None:
+                base = _base_value(spec.base, key)
+                return [arm.get(key, base) for arm in p.arms.values()]
+            return p.probes()
+    return [_base_value(spec.base, key)]
+
+
+def _base_value(base: dict, key: str) -> Any:
+    cur: Any = base
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            cfg: Any = Config()
+            for attr in key.split("."):
+                cfg = getattr(cfg, attr)
+            return cfg
+        cur = cur[part]
+    return cur
+
+
+# --------------------------------------------------------------------------- trainer configs
+
+
+_STRUCTURAL = ("model.", "init.", "data.image_size", "data.name", "data.fake_classes")
+
+
+def check_trainer_configs(spec: SweepSpec) -> int:
+    """Validate every trainer config the space can produce at its bounds; returns the number checked.
+
+    1. Each parameter alone, at each of its probes (the rest at base): the Config must build.
+    2. The parameters that shape the model or its init (``model.*``, ``init.*``, image size), all
+       combinations of their probes (at most a few hundred; else one at a time): the model is
+       built on the CPU and ``check_init`` run against it, e.g. a DoG gamma range against every
+       kernel size the space holds.
+    """
+    from ..inits import check_init
+
+    checked = 0
+    seed = spec.seeds[0]
+    # 1. one parameter at a time
+    for p in spec.params:
+        for v in p.probes():
+            _build_or_raise(spec, {p.key: v}, seed, blame=p)
+            checked += 1
+    for s in spec.seeds:  # seeds are validated by the Config too
+        _build_or_raise(spec, {}, s, blame=None)
+
+    # 2. model x init combinations
+    structural = [p for p in spec.params if any(k.startswith(_STRUCTURAL) for k in p.config_keys())]
+    grids = [p.probes() for p in structural]
+    n_combos = math.prod(len(g) for g in grids) if grids else 1
+    if n_combos <= _MAX_COMBOS:
+        combos = [dict(zip([p.key for p in structural], vals)) for vals in itertools.product(*grids)]
+    else:
+        combos = [{}] + [{p.key: v} for p in structural for v in p.probes()]
+    models: dict[str, Any] = {}
+    for combo in combos:
+        cfg = _build_or_raise(spec, combo, seed, blame=None)
+        model = _model_for(cfg, models, spec, combo)
+        try:
+            check_init(model, cfg.init)
+        except ValueError as e:
+            raise _err(_where(combo), _combo_value(spec, combo), " ".join(str(e).split())) from None
+        checked += 1
+    return checked
+
+
+def _where(combo: dict) -> str:
+    return "space" if combo else "base"
+
+
+def _combo_value(spec: SweepSpec, combo: dict) -> Any:
+    if not combo:
+        return {k: v for k, v in spec.overrides({}).items()} or "(base config)"
+    return spec.overrides(combo)
+
+
+def _build_or_raise(spec: SweepSpec, sampled: dict, seed: int, blame: Optional[Param]) -> Config:
+    try:
+        return spec.build_config(sampled, seed)
+    except ConfigError as e:
+        if blame is not None:
+            value = sampled[blame.key]
+            if not blame.is_arm and e.field == blame.key:
+                raise _err(f"space.{blame.key}", value, e.rule) from None
+            raise _err(f"space.{blame.key}", value, f"gives an invalid trainer config: {e}") from None
+        if sampled:
+            raise _err("space", spec.overrides(sampled), f"this combination gives an invalid trainer config: {e}") from None
+        raise _err(f"base.{e.field}" if e.field != "seed" else "seeds", e.value, e.rule) from None
+
+
+def _num_classes(cfg: Config) -> int:
+    """Classes of the data set without loading it (only the model's head depends on it)."""
+    return {"fake": cfg.data.fake_classes, "cifar100": 100, "imagefolder": 1000}.get(cfg.data.name, 10)
+
+
+def _model_for(cfg: Config, cache: dict, spec: SweepSpec, combo: dict):
+    """The model of ``cfg`` built on the CPU (cached per model section and input size)."""
+    import torch
+
+    from ..models import create_model
+
+    key = _inline([dataclasses.asdict(cfg.model), cfg.data.image_size, _num_classes(cfg)])
+    if key not in cache:
+        torch.manual_seed(0)
+        try:
+            with torch.device("cpu"):
+                cache[key] = create_model(cfg.model, num_classes=_num_classes(cfg), in_chans=3,
+                                          image_size=cfg.data.image_size)
+        except ValueError as e:
+            raise _err(_where(combo), _combo_value(spec, combo), " ".join(str(e).split())) from None
+    return cache[key]
+
+
+# --------------------------------------------------------------------------- smoke test
+
+
+_NEEDS_FILES = ("cifar10", "cifar100", "imagefolder")
+
+
+def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec, list[str]]:
+    """The same sweep with a tiny budget, runnable on this machine; returns (spec, notes).
+
+    * few trials: 2 sampled configurations x 2 seeds (optuna, random), or every grid
+      dimension cut to its first and last value x 1 seed (grid);
+    * 2 epochs of at most 3 steps, batches of at most 32 (8 above 64 px), at most 256/64
+      training/validation images; data sets that need files (CIFAR, ImageFolder) become
+      ``fake`` data with the same image size and number of classes;
+    * no GPU (and no torch.compile) when this machine has none.
+
+    The caps apply to the base config and to whatever the space sets (arms, choices);
+    the spec's own ``smoke_test`` overrides come last.
+    """
+    s = copy.deepcopy(spec)
+    notes: list[str] = []
+    s.name = f"{spec.name}-smoke"
+    s.experiment = f"{spec.experiment}-smoke"
+    s.seeds = spec.seeds[:1] if spec.search.algorithm == "grid" else spec.seeds[:2]
+    s.num_samples = min(spec.num_samples, 2)
+    for p in s.params:
+        if p.type == "grid" and p.size > 2:
+            keep = [p.labels[0], p.labels[-1]]
+            if p.arms is not None:
+                p.arms = {k: p.arms[k] for k in keep}
+            else:
+                p.values = keep
+
+    image_size = _base_value(s.base, "data.image_size")
+    caps = {
+        "train.epochs": lambda v: min(v, 2),
+        "train.warmup_epochs": lambda v: min(v, 0.5),
+        "train.steps_per_epoch": lambda v: min(v or 3, 3),
+        "train.batch_size": lambda v: min(v, 32 if image_size <= 64 else 8),
+        "data.fake_size": lambda v: min(v, 128),
+        "data.train_limit": lambda v: min(v or 256, 256),
+        "data.val_limit": lambda v: min(v or 64, 64),
+        "data.num_workers": lambda v: 0,
+        "data.name": lambda v: "fake" if v in _NEEDS_FILES else v,
+        "data.download": lambda v: False,
+    }
+    if not cuda_available:
+        caps["train.device"] = lambda v: "cpu" if str(v).startswith("cuda") else v
+        caps["train.compile"] = lambda v: False
+        if s.gpus:
+            notes.append(f"resources.gpus {s.gpus:g} -> 0 (no GPU here)")
+        s.gpus = 0.0
+    local_cpus = os.cpu_count() or 1
+    if s.cpus > local_cpus:
+        notes.append(f"resources.cpus {s.cpus:g} -> {local_cpus} (the cores of this machine)")
+        s.cpus = float(local_cpus)
+    name = _base_value(s.base, "data.name")
+    if name in _NEEDS_FILES:
+        classes = {"cifar10": 10, "cifar100": 100}.get(name, 10)
+        s.base["data"]["fake_classes"] = classes
+        s.base["data"].pop("root", None)
+    apply_overrides(s.base, {k: cap(_base_value(s.base, k)) for k, cap in caps.items()})
+    for p in s.params:
+        if p.arms is not None:
+            for arm in p.arms.values():
+                for k in arm:
+                    if k in caps:
+                        arm[k] = caps[k](arm[k])
+        elif p.key in caps:
+            if p.type not in ("choice", "grid"):
+                raise _err(f"space.{p.key}", p.type, "--smoke-test cannot cut a searched range of this key; "
+                                                     "use choice or grid values")
+            capped = list(dict.fromkeys(caps[p.key](v) for v in p.values))
+            p.values = capped
+    if s.scheduler.type == "asha":
+        s.scheduler.max_t = min(_possible_values(s, "train.epochs"))
+        s.scheduler.grace_period = 1
+    s.max_concurrent = None
+    apply_overrides(s.base, dict(spec.smoke_test))
+    if name in _NEEDS_FILES:
+        notes.append(f"data {name} replaced by fake data ({s.base['data']['fake_classes']} classes, "
+                     f"{_base_value(s.base, 'data.image_size')} px)")
+    if s.scheduler.type == "asha" and s.n_trials < 2:
+        s.scheduler.type = "none"
+    try:
+        config_from_dict({**s.base, "seed": s.seeds[0]})
+    except ConfigError as e:
+        raise _err(f"smoke_test.{e.field}", e.value, e.rule) from None
+    return s, notes
+
+
+def default_tracking_uri() -> str:
+    from ..tracking import DEFAULT_TRACKING_URI
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI

@@ -1,0 +1,158 @@
+"""The Ray Tune trainable: a thin adapter from one trial to :func:`echos_core.trainer.train`.
+
+One call of :func:`run_trial` is one (configuration, seed) trial:
+
+1. the trainer Config is built from the spec's base, the sampled values and the seed
+   (``seed`` in the trial config for grid search; ``__trial_index__`` from Ray's
+   ``Repeater`` -> ``spec.seeds[index]`` for optuna and random search), and validated;
+2. if Ray hands back a checkpoint (``ray.tune.get_checkpoint()``: the trial was paused,
+   retried after a failure, migrated, or the sweep was resumed), it is copied next to the
+   run and the trainer resumes from it: model, optimiser, schedule, RNG, history, epoch;
+3. the trial's MLflow run is the one named in that checkpoint, or else the run tagged with
+   this sweep and trial id, or else a new one nested under the sweep's parent run; so a
+   trial that starts again never gets a second run, and epochs already logged are skipped;
+4. every epoch: metrics to MLflow (``step = epoch``), then ``ray.tune.report(metrics,
+   checkpoint=...)`` with the trainer's self-contained checkpoint folder.  MLflow first:
+   when the scheduler stops a trial, the code after its last report never runs.
+
+How a trial *ended* (finished, stopped by ASHA, failed) is marked on its MLflow run by the
+driver (:class:`echos_core.sweep.runner.MlflowTrialStatus`), since a stopped trial's
+process is simply ended.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .spec import SweepSpec
+
+__all__ = ["TrialContext", "run_trial", "trial_seed", "TRIAL_STATE_FILE", "REPORT_KEYS"]
+
+TRIAL_STATE_FILE = "echos_trial.json"  # written into every reported checkpoint folder
+# Keys each report adds to the trainer's metrics (besides them).
+REPORT_KEYS = ("seed", "max_epochs", "mlflow_run_id", "node_id")
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one sweep shares (passed with ``tune.with_parameters``)."""
+
+    spec: SweepSpec
+    sweep_id: str  # the Ray experiment name, e.g. quick-20250101-120000
+    tracking_uri: str  # absolute (a relative SQLite path would follow the trial's working folder)
+    parent_run_id: Optional[str] = None
+
+
+def trial_seed(config: dict, spec: SweepSpec) -> int:
+    """The seed of a trial: ``config['seed']`` (grid) or ``spec.seeds[config['__trial_index__']]`` (Repeater)."""
+    from ray.tune.search.repeater import TRIAL_INDEX
+
+    if "seed" in config:
+        return int(config["seed"])
+    return int(spec.seeds[int(config.get(TRIAL_INDEX, 0))])
+
+
+def sampled_values(config: dict) -> dict:
+    """The trial config without Ray's bookkeeping keys and the seed."""
+    return {k: v for k, v in config.items() if not k.startswith("__") and k != "seed"}
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    import ray
+    from ray import tune
+
+    from ..config import config_from_dict, config_to_dict
+    from ..runinfo import environment
+    from ..tracking import MlflowRun, find_runs
+    from ..trainer import train
+
+    spec = ctx.spec
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    trial_dir = Path(tctx.get_trial_dir())
+    seed = trial_seed(config, spec)
+    cfg_dict = spec.config_dict(sampled_values(config), seed)
+    train_section = cfg_dict.setdefault("train", {})
+    if train_section.get("threads") is None:  # use the CPUs Ray gave the trial, no more
+        train_section["threads"] = max(1, int(spec.cpus))
+    cfg = config_from_dict(cfg_dict)
+    run_dir = trial_dir / "run"
+
+    # ---- resume from Ray's checkpoint, if any
+    resume_from, state = None, {}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        restored = trial_dir / "restored"
+        shutil.rmtree(restored, ignore_errors=True)
+        checkpoint.to_directory(str(restored))
+        resume_from = restored
+        if (restored / TRIAL_STATE_FILE).is_file():
+            state = json.loads((restored / TRIAL_STATE_FILE).read_text())
+
+    # ---- the trial's one MLflow run
+    run_id = state.get("mlflow_run_id")
+    if run_id is None:
+        found = find_runs(ctx.tracking_uri, spec.experiment,
+                          {"echos.sweep_id": ctx.sweep_id, "echos.trial_id": trial_id})
+        run_id = found[0].info.run_id if found else None
+    node_id = ray.get_runtime_context().get_node_id()
+    tags = {f"echos.{k}": v for k, v in environment().items() if v is not None}
+    tags.update({
+        "echos.sweep": spec.name,
+        "echos.sweep_id": ctx.sweep_id,
+        "echos.trial_id": trial_id,
+        "echos.trial_name": tctx.get_trial_name(),
+        "echos.seed": seed,
+        "echos.status": "running",
+        "echos.asha_stopped": "false",
+        "echos.node_id": node_id,
+        "echos.node_host": socket.gethostname(),
+    })
+    run_name = f"{cfg.default_run_name()}-{trial_id.rsplit('_', 1)[-1]}"
+    params = config_to_dict(cfg)
+    arms = {p.key: config[p.key] for p in spec.params if p.is_arm and p.key in config}
+    if arms:  # the arm label as a param too, to group runs by it in MLflow's compare view
+        params["arm"] = arms
+    run = MlflowRun(ctx.tracking_uri, spec.experiment, run_name, params, tags,
+                    parent_run_id=ctx.parent_run_id, run_id=run_id)
+    logged = run.logged_steps("epoch")
+    if run_id is None:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        run.log_artifact(trial_dir / "config.yaml")
+
+    extra = {"seed": seed, "max_epochs": cfg.train.epochs, "mlflow_run_id": run.run_id, "node_id": node_id}
+
+    def on_epoch(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch not in logged:
+            run.log_epoch(metrics)
+            if epoch == 1:
+                for name in ("init_report.json", "environment.json"):
+                    if (run_dir / name).is_file():
+                        run.log_artifact(run_dir / name)
+        result = {**metrics, **extra}
+        if checkpoint_dir is None:
+            tune.report(result)
+            return
+        (Path(checkpoint_dir) / TRIAL_STATE_FILE).write_text(
+            json.dumps({"mlflow_run_id": run.run_id, "trial_id": trial_id, "sweep_id": ctx.sweep_id}))
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    try:
+        train(cfg, run_dir=run_dir, callback=on_epoch, resume_from=resume_from)
+    except Exception as e:  # a failure (FailureConfig may retry it; the run is reattached then)
+        run.set_tags({"echos.status": "error", "echos.error": " ".join(f"{type(e).__name__}: {e}".split())[:500]})
+        run.end("FAILED")
+        raise
+    # (Ray ends a trial the scheduler stopped by raising SystemExit in its report call: not a
+    # failure, and the driver marks how the trial ended.)
+    run.set_tags({"echos.status": "finished", "echos.asha_stopped": "false"})
+    run.end("FINISHED")

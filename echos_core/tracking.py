@@ -1,0 +1,247 @@
+"""MLflow logging for one run, safe inside Ray workers and threads.
+
+Everything goes through :class:`mlflow.MlflowClient` with explicit run ids; nothing
+touches MLflow's fluent "active run" global, so several runs can be logged from one
+process (the sweep driver) or from many (Ray trial workers on several nodes).
+
+* params: the resolved config, flattened to dotted keys (``init.on_ratio``), as strings;
+* metrics: one batch per epoch, ``step = metrics['epoch']``; non-numeric values are skipped;
+* tags: whatever the caller passes (``echos.*``, versions, git revision), plus
+  ``mlflow.parentRunId`` when the run is nested under a parent (a sweep).
+
+The default store is SQLite in the working folder (:data:`DEFAULT_TRACKING_URI`); a
+relative SQLite path is made absolute against the current folder (:func:`resolve_tracking_uri`),
+so a process that changes directory (a Ray trial does) still writes to the same file.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "MlflowRun",
+    "resolve_tracking_uri",
+    "is_remote_tracking_uri",
+    "get_or_create_experiment",
+    "find_runs",
+    "end_run",
+    "param_value",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# MLflow's own limits (mlflow.utils.validation): param value length, items per log_batch call.
+_MAX_PARAM_LEN = 6000
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAMS_TAGS_PER_BATCH = 100
+_MAX_TAG_LEN = 8000
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def resolve_tracking_uri(uri: Optional[str], base_dir: str | Path | None = None) -> str:
+    """``None`` -> the default store; a relative SQLite path or plain folder -> absolute.
+
+    ``sqlite:///mlflow.db`` (three slashes: relative path) becomes ``sqlite:////abs/dir/mlflow.db``.
+    HTTP(S) and other URIs are returned unchanged.
+    """
+    uri = uri or DEFAULT_TRACKING_URI
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and not path.startswith("/") and path != ":memory:":
+            return "sqlite:///" + str((base / path).resolve())
+        return uri
+    if "://" not in uri and not uri.startswith("databricks"):
+        return str((base / uri).resolve())  # a plain folder: MLflow's file store
+    return uri
+
+
+def is_remote_tracking_uri(uri: str) -> bool:
+    """True for a tracking server every node can reach (http, https, databricks)."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def param_value(v: Any) -> str:
+    """How a config value is written as an MLflow param (YAML spelling of null and booleans)."""
+    if v is None:
+        s = "null"
+    elif isinstance(v, bool):
+        s = "true" if v else "false"
+    else:
+        s = str(v)
+    return s[:_MAX_PARAM_LEN]
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """The id of experiment ``name``, created (or restored from the bin) if needed; race-safe."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(client, name))
+    except MlflowException:
+        # Another process created it between our look-up and create: use theirs.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _artifact_location(client, name: str) -> Optional[str]:
+    """For a SQLite store: ``<db folder>/mlartifacts/<experiment>``, beside the database.
+
+    (MLflow's own default is ``./mlruns`` relative to whichever process happens to create
+    the experiment.)  Servers and other stores keep their own default (``None``).
+    """
+    uri = client.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return (db.parent / "mlartifacts" / safe).as_uri()
+
+
+def find_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> list:
+    """Runs of ``experiment`` whose tags equal ``tags`` (all of them), oldest first."""
+    client = _client(resolve_tracking_uri(tracking_uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    flt = " and ".join(f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items())
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string=flt, max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def end_run(tracking_uri: str, run_id: str, status: str, tags: Optional[Mapping[str, Any]] = None) -> None:
+    """Set ``tags`` on an existing run and mark it ``status`` (FINISHED, FAILED, KILLED), from any process."""
+    from mlflow.entities import RunTag
+
+    client = _client(resolve_tracking_uri(tracking_uri))
+    items = [RunTag(str(k), str(v)[:_MAX_TAG_LEN]) for k, v in (tags or {}).items()]
+    for chunk in _chunks(items, _MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, tags=chunk, synchronous=True)
+    client.set_terminated(run_id, status)
+
+
+def _quote(v: Any) -> str:
+    return str(v).replace("'", "\\'")
+
+
+class MlflowRun:
+    """One MLflow run: a context manager that ends the run FINISHED, or FAILED on an exception.
+
+    ``run_id`` given: attach to that existing run (a resumed trial) instead of creating one;
+    params already logged are not logged again.
+    """
+
+    def __init__(self, tracking_uri: Optional[str], experiment: str, run_name: Optional[str],
+                 config: Mapping, tags: Optional[Mapping[str, Any]] = None, *,
+                 parent_run_id: Optional[str] = None, run_id: Optional[str] = None):
+        from mlflow.entities import Param, RunStatus
+
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = _client(self.tracking_uri)
+        self.experiment_id = get_or_create_experiment(self.client, experiment)
+        all_tags = {k: str(v)[:_MAX_TAG_LEN] for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+            self.run_id = run.info.run_id
+            logged_params: dict[str, str] = {}
+        else:
+            run = self.client.get_run(run_id)
+            self.run_id = run_id
+            logged_params = dict(run.data.params)
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.set_tags(all_tags)
+        params = [Param(k, param_value(v)) for k, v in _flatten(config).items() if k not in logged_params]
+        for chunk in _chunks(params, _MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk, synchronous=True)
+        self._ended = False
+
+    # ------------------------------------------------------------------ logging
+
+    def log_epoch(self, metrics: Mapping[str, Any]) -> None:
+        """Log every numeric value of ``metrics`` at ``step = metrics['epoch']``."""
+        from mlflow.entities import Metric
+
+        step = int(metrics.get("epoch", 0))
+        now = int(time.time() * 1000)
+        batch = [Metric(str(k), float(v), now, step) for k, v in metrics.items() if _is_number(v)]
+        for chunk in _chunks(batch, _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()]
+        for chunk in _chunks(items, _MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk, synchronous=True)
+
+    def logged_steps(self, key: str = "epoch") -> set[int]:
+        """Steps at which metric ``key`` was already logged (to skip them when a run resumes)."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run FINISHED, FAILED or KILLED (idempotent)."""
+        if not self._ended:
+            self.client.set_terminated(self.run_id, status)
+            self._ended = True
+
+    def __enter__(self) -> "MlflowRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end("KILLED")
+        else:
+            self.end("FAILED")
+
+
+def _is_number(v: Any) -> bool:
+    """int, float, bool and numpy scalars; strings, None and containers are not metrics."""
+    return isinstance(v, numbers.Real)
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]

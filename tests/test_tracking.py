@@ -1,0 +1,98 @@
+"""MlflowRun against a real SQLite store in tmp_path, read back with MlflowClient."""
+
+import pytest
+from mlflow import MlflowClient
+
+from echos_core.config import config_from_dict, config_to_dict
+from echos_core.tracking import DEFAULT_TRACKING_URI, MlflowRun, find_runs, resolve_tracking_uri
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_params_metrics_tags_artifact_roundtrip(store, tmp_path, cfg_dict):
+    cfg = config_to_dict(config_from_dict(cfg_dict))
+    art = tmp_path / "config.yaml"
+    art.write_text("seed: 0\n")
+    with MlflowRun(store, "exp-a", "run-a", cfg, {"echos.sweep": "s1", "echos.trial_id": "t0"}) as run:
+        for epoch in (1, 2, 3):
+            run.log_epoch({"epoch": epoch, "val_top1": 0.1 * epoch, "val/loss": 2.0 - epoch * 0.1,
+                           "note": "not a number", "skipped": None})
+        run.log_artifact(art)
+        run.set_tags({"echos.status": "finished"})
+        run_id = run.run_id
+
+    client = MlflowClient(tracking_uri=store)
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.info.run_name == "run-a"
+    p = r.data.params
+    assert p["init.scheme"] == "dog" and p["model.kernel_size"] == "5" and p["seed"] == "0"
+    assert p["model.name"] == "convmixer" and p["init.on_ratio"] == "0.5"
+    assert p["model.drop_path"] == "0.0" and p["data.root"] == "null" and p["train.compile"] == "false"
+    hist = client.get_metric_history(run_id, "val_top1")
+    assert [(m.step, round(m.value, 6)) for m in hist] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2, 3]
+    assert "note" not in r.data.metrics and "skipped" not in r.data.metrics
+    assert r.data.tags["echos.sweep"] == "s1" and r.data.tags["echos.status"] == "finished"
+    assert [a.path for a in client.list_artifacts(run_id)] == ["config.yaml"]
+    assert (tmp_path / "mlartifacts" / "exp-a" / run_id / "artifacts" / "config.yaml").is_file()
+
+
+def test_nested_run_reattach_and_find(store, cfg_dict):
+    with MlflowRun(store, "exp-b", "parent", {}, {"echos.role": "sweep"}) as parent:
+        pass
+    run = MlflowRun(store, "exp-b", "child", cfg_dict, {"echos.trial_id": "abc_00001"},
+                    parent_run_id=parent.run_id)
+    run.log_epoch({"epoch": 1, "val_top1": 0.5})
+    assert run.logged_steps() == {1}
+    # A resumed trial attaches to the same run: params are not re-logged, status goes RUNNING.
+    again = MlflowRun(store, "exp-b", "child", cfg_dict, {"echos.attempt": "2"}, run_id=run.run_id)
+    assert again.run_id == run.run_id
+    again.log_epoch({"epoch": 2, "val_top1": 0.6})
+    again.end("KILLED")
+
+    found = find_runs(store, "exp-b", {"echos.trial_id": "abc_00001"})
+    assert [f.info.run_id for f in found] == [run.run_id]
+    child = found[0]
+    assert child.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert child.data.tags["echos.attempt"] == "2"
+    assert child.info.status == "KILLED"
+    assert find_runs(store, "exp-b", {"echos.trial_id": "nope"}) == []
+    assert find_runs(store, "no-such-experiment", {"echos.trial_id": "x"}) == []
+
+
+def test_failed_run_is_marked_failed(store):
+    with pytest.raises(RuntimeError):
+        with MlflowRun(store, "exp-c", "boom", {"a": {"b": 1}}) as run:
+            raise RuntimeError("trainer blew up")
+    assert MlflowClient(tracking_uri=store).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_resolve_tracking_uri(tmp_path):
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_tracking_uri(DEFAULT_TRACKING_URI, tmp_path).startswith("sqlite:////")
+    assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("last,errored,expected", [
+    ({"epoch": 1, "max_epochs": 3}, False, ("stopped", "true", "KILLED")),   # ASHA ended it early
+    ({"epoch": 3, "max_epochs": 3}, False, ("finished", "false", "FINISHED")),
+    ({"epoch": 2, "max_epochs": 3}, True, ("error", "false", "FAILED")),
+])
+def test_trial_end_is_marked_from_the_driver(store, last, errored, expected):
+    from echos_core.sweep.runner import MlflowTrialStatus
+
+    run = MlflowRun(store, "exp-d", "trial", {}, {"echos.sweep_id": "s-1", "echos.trial_id": "t1",
+                                                   "echos.status": "running", "echos.asha_stopped": "false"})
+    marker = MlflowTrialStatus(store, "exp-d", "s-1")
+    # The run id comes with the trial's last result, or is found by the sweep and trial id tags.
+    result = dict(last, mlflow_run_id=run.run_id) if errored else dict(last)
+    assert marker.mark("t1", result, errored) == expected[0]
+    r = MlflowClient(tracking_uri=store).get_run(run.run_id)
+    assert (r.data.tags["echos.status"], r.data.tags["echos.asha_stopped"], r.info.status) == expected
+    assert r.data.tags["echos.last_epoch"] == str(last["epoch"])
+    assert marker.mark("no-such-trial", {}, False) is None
