@@ -38,6 +38,24 @@ def register(sub) -> None:
                    help="on_ratio every DoG arm is also paired against (default 0.5, the paper's 50/50)")
     p.set_defaults(func=_cmd_report)
 
+    o = sub.add_parser(
+        "other-kernels", help="what the kernels that are neither On nor Off are, after training",
+        description="For every finished trial in a Ray sweep folder: rebuild the exact initial weights, label the "
+                    "trained depthwise kernels On/Off/other, fit shape families (DoG, Gaussian derivatives, "
+                    "edges) to the other ones against an i.i.d.-noise chance level, and measure how far training "
+                    "moved them from their init. Writes kernels.csv, summary.csv, summary.md and mosaics.")
+    o.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the sweep's Ray folder, e.g. ray_results/onoff_ratio-<stamp>")
+    o.add_argument("--out", "-o", metavar="DIR", default="results/other_kernels", help="output folder")
+    o.set_defaults(func=_cmd_other_kernels)
+
+
+def _cmd_other_kernels(args) -> int:
+    from .other_kernels import write_other_kernels
+
+    out = write_other_kernels(args.sweep_dir, args.out)
+    print((out / "summary.md").read_text())
+    return 0
+
 
 def _spec_target(sweep: str) -> Optional[Path]:
     """The spec file when SWEEP names one (ends in .yaml / .yml)."""
