@@ -30,6 +30,7 @@ __all__ = [
     "get_or_create_experiment",
     "find_runs",
     "end_run",
+    "delete_run",
     "param_value",
 ]
 
@@ -154,6 +155,12 @@ def end_run(tracking_uri: str, run_id: str, status: str, tags: Optional[Mapping[
     for chunk in _chunks(items, _MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run_id, tags=chunk, synchronous=True)
     client.set_terminated(run_id, status)
+
+
+def delete_run(tracking_uri: str, run_id: str, tags: Optional[Mapping[str, Any]] = None) -> None:
+    """Tag, end (KILLED) and soft-delete a run: hidden from searches and the UI, restorable."""
+    end_run(tracking_uri, run_id, "KILLED", tags)
+    _client(resolve_tracking_uri(tracking_uri)).delete_run(run_id)
 
 
 def _quote(v: Any) -> str:

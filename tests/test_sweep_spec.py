@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from echos_core.cli import main
-from echos_core.sweep.spec import SpecError, arm_label, parse_spec, smoke_spec
+from echos_core.sweep import smoke_spec
+from echos_core.sweep.spec import SpecError, arm_label, parse_spec
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SHIPPED = sorted(SWEEPS.glob("*.yaml"))
@@ -240,8 +241,7 @@ def test_gamma_range_that_no_kernel_size_holds(tmp_path, capsys):
     assert rc == 2
     line = err.strip()
     assert "\n" not in line
-    assert "space={model.kernel_size: 3, init.gamma_high: 0.9}" in line or \
-           "space={'model.kernel_size': 3, 'init.gamma_high': 0.9}" in line, line
+    assert "space={model.kernel_size: 3, init.gamma_high: 0.9}: init.gamma_low/gamma_high=[0.3, 0.9]" in line, line
     assert "gamma=0.9 with kernel_size=3: leaves no surround pixel" in line
 
 
@@ -250,7 +250,9 @@ def test_gamma_range_in_base_that_the_kernel_cannot_hold(tmp_path, capsys):
     spec["base"]["model"]["kernel_size"] = 3
     spec["base"]["init"] = {"gamma_low": 0.5, "gamma_high": 0.8}
     rc, out, err = _run(tmp_path, spec, capsys=capsys)
-    assert rc == 2 and "leaves no surround pixel" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "echos: error: base: init.gamma_low/gamma_high=[0.5, 0.8] for layer " in err
+    assert "gamma=0.8 with kernel_size=3: leaves no surround pixel" in err
 
 
 def test_combination_that_breaks_a_config_rule(tmp_path, capsys):
@@ -259,7 +261,8 @@ def test_combination_that_breaks_a_config_rule(tmp_path, capsys):
                      "init.gamma_high": {"type": "uniform", "low": 0.4, "high": 0.7}}
     rc, out, err = _run(tmp_path, spec, capsys=capsys)
     assert rc == 2
-    assert "init.gamma_high=0.4: must be >= init.gamma_low (0.6)" in err
+    assert "space={init.gamma_low: 0.6, init.gamma_high: 0.4}: this combination gives an invalid trainer config: " \
+           "init.gamma_high=0.4: must be >= init.gamma_low (0.6)" in err
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -280,3 +283,57 @@ def test_spec_error_is_a_config_error():
     with pytest.raises(SpecError) as e:
         parse_spec({"name": "x"})
     assert str(e.value) == "base=None: is required: the trainer config (a mapping, or the path of an `echos train` YAML)"
+
+
+# --------------------------------------------------------------------------- how a spec maps onto Ray Tune and Optuna
+
+
+def test_optuna_and_random_search_are_seeded_repeaters_behind_a_limiter():
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter, Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    from echos_core.sweep.runner import _param_space, _search_alg
+
+    spec = copy.deepcopy(VALID)
+    spec["space"]["model.kernel_size"] = {"type": "int", "low": 3, "high": 9, "step": 2}
+    spec["space"]["arm"] = {"type": "choice", "values": [{"init.scheme": "kaiming"}, {"init.scheme": "dog"}]}
+    for algo, sampler in (("optuna", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler)):
+        spec["search"] = {"algorithm": algo, "seed": 7}
+        s = parse_spec(spec)
+        alg = _search_alg(s, max_concurrent=3)
+        assert isinstance(alg, ConcurrencyLimiter) and alg.max_concurrent == 3
+        rep = alg.searcher
+        assert isinstance(rep, Repeater) and rep.repeat == 2 and rep._set_index
+        ots = rep.searcher
+        assert isinstance(ots, OptunaSearch) and isinstance(ots._sampler, sampler)
+        space = ots._space
+        assert space["model.kernel_size"] == optuna.distributions.IntDistribution(3, 9, step=2)
+        assert space["train.lr"] == optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+        assert space["arm"].choices == ("scheme=kaiming", "scheme=dog")
+        assert _param_space(s) == {}
+
+
+def test_grid_search_enumerates_the_grid_and_the_seeds():
+    from echos_core.sweep.runner import _param_space, _search_alg
+
+    spec = copy.deepcopy(VALID)
+    spec.update(search="grid", scheduler="none", seeds=[3, 4, 5])
+    spec.pop("num_samples")
+    spec["space"] = {"init.scheme": {"type": "grid", "values": ["dog", "kaiming"]}}
+    s = parse_spec(spec)
+    assert _search_alg(s, 2) is None
+    space = _param_space(s)
+    assert space["init.scheme"] == {"grid_search": ["dog", "kaiming"]}
+    assert space["seed"] == {"grid_search": [3, 4, 5]}
+    assert s.n_trials == 6
+
+
+def test_trial_seed_from_repeater_index_or_grid():
+    from echos_core.sweep.trainable import sampled_values, trial_seed
+
+    s = parse_spec(VALID)  # seeds [0, 1]
+    s.seeds = [11, 22]
+    assert trial_seed({"__trial_index__": 1, "train.lr": 0.01}, s) == 22
+    assert trial_seed({"seed": 5}, s) == 5
+    assert sampled_values({"__trial_index__": 1, "seed": 3, "train.lr": 0.01}) == {"train.lr": 0.01}

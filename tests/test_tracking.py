@@ -1,5 +1,7 @@
 """MlflowRun against a real SQLite store in tmp_path, read back with MlflowClient."""
 
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
@@ -7,9 +9,10 @@ from echos_core.config import config_from_dict, config_to_dict
 from echos_core.tracking import DEFAULT_TRACKING_URI, MlflowRun, find_runs, resolve_tracking_uri
 
 
-@pytest.fixture
-def store(tmp_path):
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes seconds); tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
 
 
 def test_params_metrics_tags_artifact_roundtrip(store, tmp_path, cfg_dict):
@@ -38,7 +41,8 @@ def test_params_metrics_tags_artifact_roundtrip(store, tmp_path, cfg_dict):
     assert "note" not in r.data.metrics and "skipped" not in r.data.metrics
     assert r.data.tags["echos.sweep"] == "s1" and r.data.tags["echos.status"] == "finished"
     assert [a.path for a in client.list_artifacts(run_id)] == ["config.yaml"]
-    assert (tmp_path / "mlartifacts" / "exp-a" / run_id / "artifacts" / "config.yaml").is_file()
+    db_dir = store[len("sqlite:///"):].rsplit("/", 1)[0]
+    assert (Path(db_dir) / "mlartifacts" / "exp-a" / run_id / "artifacts" / "config.yaml").is_file()
 
 
 def test_nested_run_reattach_and_find(store, cfg_dict):
@@ -84,11 +88,12 @@ def test_resolve_tracking_uri(tmp_path):
     ({"epoch": 2, "max_epochs": 3}, True, ("error", "false", "FAILED")),
 ])
 def test_trial_end_is_marked_from_the_driver(store, last, errored, expected):
-    from echos_core.sweep.runner import MlflowTrialStatus
+    from echos_core.sweep.status import MlflowTrialStatus
 
-    run = MlflowRun(store, "exp-d", "trial", {}, {"echos.sweep_id": "s-1", "echos.trial_id": "t1",
+    sweep_id = f"s-{expected[0]}"
+    run = MlflowRun(store, "exp-d", "trial", {}, {"echos.sweep_id": sweep_id, "echos.trial_id": "t1",
                                                    "echos.status": "running", "echos.asha_stopped": "false"})
-    marker = MlflowTrialStatus(store, "exp-d", "s-1")
+    marker = MlflowTrialStatus(store, "exp-d", sweep_id)
     # The run id comes with the trial's last result, or is found by the sweep and trial id tags.
     result = dict(last, mlflow_run_id=run.run_id) if errored else dict(last)
     assert marker.mark("t1", result, errored) == expected[0]
@@ -96,3 +101,22 @@ def test_trial_end_is_marked_from_the_driver(store, last, errored, expected):
     assert (r.data.tags["echos.status"], r.data.tags["echos.asha_stopped"], r.info.status) == expected
     assert r.data.tags["echos.last_epoch"] == str(last["epoch"])
     assert marker.mark("no-such-trial", {}, False) is None
+
+
+def test_runs_of_trials_ray_lost_are_dropped(store):
+    from mlflow.entities import ViewType
+
+    from echos_core.sweep.status import MlflowTrialStatus
+
+    kept = MlflowRun(store, "exp-e", "a", {}, {"echos.sweep_id": "s-9", "echos.trial_id": "kept"})
+    lost = MlflowRun(store, "exp-e", "b", {}, {"echos.sweep_id": "s-9", "echos.trial_id": "lost"})
+    other = MlflowRun(store, "exp-e", "c", {}, {"echos.sweep_id": "s-8", "echos.trial_id": "other"})
+    parent = MlflowRun(store, "exp-e", "p", {}, {"echos.sweep_id": "s-9", "echos.role": "sweep"})
+    assert MlflowTrialStatus(store, "exp-e", "s-9").drop_orphans({"kept"}) == [lost.run_id]
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name("exp-e").experiment_id
+    active = {r.info.run_id for r in client.search_runs([exp])}
+    assert active == {kept.run_id, other.run_id, parent.run_id}
+    (gone,) = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
+    assert gone.info.run_id == lost.run_id and gone.data.tags["echos.status"] == "orphaned"
+    assert gone.info.status == "KILLED"

@@ -1,13 +1,19 @@
 """Sweeps: YAML specs run by Ray Tune (Optuna search, ASHA) and logged to MLflow.
 
-* :mod:`.spec`      parse and validate a spec (``sweeps/*.yaml``), before Ray starts
+* :mod:`.spec`      the spec: parse a YAML file (``sweeps/*.yaml``) and check its own rules
+* :mod:`.validate`  the trainer configs the space can produce, at its bounds (check_init too)
+* :mod:`.smoke`     ``--smoke-test``: the same spec with a tiny budget
 * :mod:`.trainable` the Ray trainable: one (configuration, seed) trial over the trainer
-* :mod:`.runner`    Tuner, search, scheduler, resume, the summary
+* :mod:`.runner`    Tuner, search, scheduler, Ray start-up, resume
+* :mod:`.status`    the driver-side Tune callback marking how each trial ended in MLflow
+* :mod:`.summary`   what ``--dry-run`` and the end of a sweep print
 * :mod:`.cli`       ``echos sweep`` and ``echos ui``
 
-Only :mod:`.spec` is imported here; Ray and MLflow load when a sweep runs.
+Nothing here imports Ray or MLflow at package import; they load when a sweep runs.
 """
 
-from .spec import SpecError, SweepSpec, load_spec, parse_spec, smoke_spec
+from .smoke import smoke_spec
+from .spec import SpecError, SweepSpec, load_spec, parse_spec
+from .validate import check_trainer_configs
 
-__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "smoke_spec"]
+__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "check_trainer_configs", "smoke_spec"]

@@ -27,8 +27,8 @@ def register(sub) -> None:
                                                          "(Tuner.restore): finished trials are not run again")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved space and the number "
                                                           "of trials, start nothing")
-    p.add_argument("--smoke-test", action="store_true", help="the same sweep with a tiny budget on this machine "
-                                                             "(2 configurations, 2 seeds, 2 epochs of 3 steps)")
+    p.add_argument("--smoke-test", action="store_true", help="the same sweep with a tiny budget on this machine: "
+                                                             "a few trials, 2 epochs of at most 3 steps, small data")
     p.add_argument("--tracking-uri", metavar="URI", help="override mlflow.tracking_uri of the spec")
     p.add_argument("--storage-path", metavar="PATH", help="override ray.storage_path of the spec")
     p.set_defaults(func=_cmd_sweep)
@@ -43,28 +43,29 @@ def register(sub) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .runner import describe_spec, resolve_storage
-    from .spec import SpecError, default_tracking_uri, load_spec, smoke_spec
+    from ..tracking import resolve_tracking_uri
+    from .runner import resolve_storage
+    from .smoke import smoke_spec
+    from .spec import SpecError, default_tracking_uri, load_spec
+    from .summary import describe_spec
+    from .validate import check_trainer_configs
 
     if args.smoke_test and args.address:
         raise SpecError("--address", args.address, "--smoke-test runs on the local machine; leave out --address")
     spec = load_spec(args.spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
                      check_configs=False)
+    n_checked = check_trainer_configs(spec)  # the real spec, even when only its smoke test runs
     notes: list[str] = []
     if args.smoke_test:
         import torch
 
         spec, notes = smoke_spec(spec, cuda_available=torch.cuda.is_available())
-    from .spec import check_trainer_configs
-    from ..tracking import resolve_tracking_uri
-
-    n_checked = check_trainer_configs(spec)
+        n_checked = check_trainer_configs(spec)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri or default_tracking_uri())
     storage = resolve_storage(spec.storage_path)
-    if args.dry_run or args.smoke_test:
-        print(describe_spec(spec, tracking_uri, storage, n_checked))
-        for n in notes:
-            print(f"smoke test: {n}")
+    print(describe_spec(spec, tracking_uri, storage, n_checked), flush=True)
+    for n in notes:
+        print(f"smoke test: {n}")
     if args.dry_run:
         return 0
     from .runner import run_sweep

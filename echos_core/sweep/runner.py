@@ -22,59 +22,24 @@ picks the newest such folder of this sweep name and calls ``Tuner.restore`` on i
 from __future__ import annotations
 
 import json
-import math
 import os
-import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from ..config import config_to_dict, flatten
+from ..config import flatten
 from .spec import SpecError, SweepSpec, default_tracking_uri
-from .trainable import TrialContext, run_trial, sampled_values
+from .summary import summarise
+from .trainable import TrialContext, run_trial
 
-__all__ = ["run_sweep", "describe_spec", "MlflowTrialStatus", "trial_outcome", "SWEEP_FILE", "find_sweep_dirs"]
+__all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
 
 SWEEP_FILE = "echos_sweep.json"
 _TS_FORMAT = "%Y%m%d-%H%M%S"
 # Variables every trial process needs, on every node (Ray passes them through the runtime env).
 _WORKER_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1",
                "DO_NOT_TRACK": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-
-
-# --------------------------------------------------------------------------- describing
-
-
-def describe_spec(spec: SweepSpec, tracking_uri: str, storage: str, n_checked: Optional[int] = None) -> str:
-    """The resolved sweep as text: what ``--dry-run`` prints."""
-    lines = [f"sweep {spec.name}" + (f" ({spec.source})" if spec.source else "")]
-    if spec.description:
-        lines.append("  " + " ".join(spec.description.split()))
-    lines.append("space:")
-    if not spec.params:
-        lines.append("  (empty: the base config, once per seed)")
-    width = max((len(p.key) for p in spec.params), default=0)
-    for p in spec.params:
-        lines.append(f"  {p.key:<{width}}  {p.describe()}")
-    lines += [
-        f"search: {spec.search.describe()}",
-        f"scheduler: {spec.scheduler.describe()}",
-        f"objective: {spec.mode} {spec.metric}",
-        f"seeds: {spec.seeds} (each configuration runs once per seed; one MLflow run per trial)",
-        f"resources per trial: {spec.cpus:g} CPU, {spec.gpus:g} GPU; max concurrent: "
-        f"{spec.max_concurrent or 'as many as fit'}",
-        f"mlflow: {tracking_uri} experiment {spec.experiment!r}",
-        f"ray storage: {storage}",
-    ]
-    if n_checked is not None:
-        lines.append(f"validated: base config, {n_checked} configurations at the bounds of the space "
-                     "(Config + check_init on the built models)")
-    what = ("grid of " + " x ".join(str(p.size) for p in spec.params) if spec.search.algorithm == "grid" and spec.params
-            else f"{spec.n_configs} configuration{'s' if spec.n_configs != 1 else ''}")
-    lines.append(f"trials: {spec.n_trials} = {what} x {len(spec.seeds)} seed{'s' if len(spec.seeds) != 1 else ''}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- storage helpers
@@ -132,86 +97,6 @@ def find_sweep_dirs(storage: str, name: str) -> list[str]:
             if _read_json(storage, f"{base}/{SWEEP_FILE}") is not None:
                 out.append(base)
     return sorted(out)
-
-
-# --------------------------------------------------------------------------- MLflow status of trials
-
-
-class MlflowTrialStatus:
-    """Tune callback (driver side): how each trial ended, on its MLflow run.
-
-    * completed without error before its ``train.epochs``: stopped by the scheduler (ASHA):
-      ``echos.asha_stopped=true``, ``echos.status=stopped``, run status KILLED;
-    * completed all epochs: ``echos.asha_stopped=false``, ``echos.status=finished``, FINISHED;
-    * failed for good (after FailureConfig's retries): ``echos.status=error``, FAILED.
-
-    Marked as each trial ends, and again for every trial when the experiment ends (so a
-    sweep that was interrupted and resumed is consistent too).  Idempotent.
-    """
-
-    def __init__(self, tracking_uri: str, experiment: str, sweep_id: str):
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.sweep_id = sweep_id
-
-    def mark(self, trial_id: str, last_result: Optional[dict], errored: bool) -> Optional[str]:
-        """Tag the trial's MLflow run with how it ended; returns the status, or None if it has no run."""
-        from ..tracking import end_run, find_runs
-
-        last = dict(last_result or {})
-        run_id = last.get("mlflow_run_id")
-        if not run_id:
-            found = find_runs(self.tracking_uri, self.experiment,
-                              {"echos.sweep_id": self.sweep_id, "echos.trial_id": trial_id})
-            if not found:
-                return None
-            run_id = found[0].info.run_id
-        status, stopped, mlflow_status = trial_outcome(last, errored)
-        tags = {"echos.status": status, "echos.asha_stopped": "true" if stopped else "false"}
-        if last.get("epoch") is not None:
-            tags["echos.last_epoch"] = int(last["epoch"])
-        end_run(self.tracking_uri, run_id, mlflow_status, tags)
-        return status
-
-
-def trial_outcome(last_result: dict, errored: bool) -> tuple[str, bool, str]:
-    """(echos.status, stopped by the scheduler?, MLflow run status) of a trial that ended.
-
-    A trial that ended without error before its own ``train.epochs`` (reported with every result
-    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.
-    """
-    epoch, max_epochs = last_result.get("epoch"), last_result.get("max_epochs")
-    if errored:
-        return "error", False, "FAILED"
-    if epoch is not None and max_epochs is not None and int(epoch) < int(max_epochs):
-        return "stopped", True, "KILLED"
-    return "finished", False, "FINISHED"
-
-
-def _callback_class():
-    """:class:`MlflowTrialStatus` as a ``ray.tune.Callback`` (Ray is imported only when a sweep runs)."""
-    from ray import tune
-
-    class _Callback(MlflowTrialStatus, tune.Callback):
-        def _safe_mark(self, trial, errored: bool) -> None:
-            try:
-                self.mark(trial.trial_id, trial.last_result, errored)
-            except Exception as e:  # logging trouble must never take the sweep down
-                print(f"echos: warning: could not mark trial {trial.trial_id} in MLflow: {e}", file=sys.stderr)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._safe_mark(trial, errored=False)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._safe_mark(trial, errored=True)
-
-        def on_experiment_end(self, trials, **info):
-            for trial in trials:
-                if trial.status in ("TERMINATED", "ERROR"):
-                    self._safe_mark(trial, errored=trial.status == "ERROR")
-
-    _Callback.__name__ = _Callback.__qualname__ = "MlflowTrialStatusCallback"
-    return _Callback
 
 
 # --------------------------------------------------------------------------- search and scheduler
@@ -391,6 +276,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
     import ray
     from ray import tune
 
+    from .status import MlflowTrialStatus
+
     try:
         _check_fits(spec, address)
         # ---- the sweep's parent run in MLflow (the driver creates the experiment and the store)
@@ -416,7 +303,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
                                                       "stopped before its first trial); start it again without --resume")
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            callback = _callback_class()(tracking_uri, spec.experiment, sweep_id)
+            callback = MlflowTrialStatus(tracking_uri, spec.experiment, sweep_id)
             tuner = tune.Tuner(
                 trainable,
                 param_space=_param_space(spec),
@@ -437,7 +324,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         t0 = time.time()
         results = tuner.fit()
         wall = time.time() - t0
-        summary = _summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out)
+        summary = summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out)
         parent.set_tags({"echos.status": "finished", **summary})
         parent.end("FINISHED")
     finally:
@@ -448,7 +335,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
 def _check_same_spec(spec: SweepSpec, saved: dict, tracking_uri: str) -> None:
     old = flatten(saved.get("spec") or {})
     new = flatten(json.loads(json.dumps(spec.summary_dict(), default=str)))
-    for key in ("num_cpus", "max_concurrent"):  # how it runs here, not what it runs
+    for key in ("num_cpus", "max_concurrent", "description"):  # how it runs here, not what it runs
         old.pop(key, None)
         new.pop(key, None)
     for key in sorted(set(old) | set(new)):
@@ -461,71 +348,3 @@ def _check_same_spec(spec: SweepSpec, saved: dict, tracking_uri: str) -> None:
                         f"differs from the sweep being resumed ({saved['tracking_uri']})")
 
 
-# --------------------------------------------------------------------------- the summary
-
-
-def _summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id: str,
-               parent_run_id: str, out: TextIO) -> dict:
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        stopped = trial_outcome(m, r.error is not None)[1]
-        rows.append({"result": r, "metrics": m, "stopped": stopped, "error": r.error is not None,
-                     "config": sampled_values(r.config or {})})
-    n_err = sum(r["error"] for r in rows)
-    n_stop = sum(r["stopped"] for r in rows)
-    p = lambda *a: print(*a, file=out)  # noqa: E731
-    p("")
-    p(f"sweep {sweep_id}: {len(rows)} trials in {wall / 60:.1f} min: {len(rows) - n_err - n_stop} finished, "
-      f"{n_stop} stopped early by ASHA, {n_err} failed")
-    tags = {"echos.n_trials": len(rows), "echos.n_asha_stopped": n_stop, "echos.n_errors": n_err,
-            "echos.wall_s": round(wall, 1)}
-
-    ok = [r for r in rows if not r["error"] and _finite(r["metrics"].get(spec.metric))]
-    if ok:
-        sign = 1 if spec.mode == "max" else -1
-        best = max(ok, key=lambda r: sign * r["metrics"][spec.metric])
-        res, m = best["result"], best["metrics"]
-        ckpt = res.checkpoint.path if res.checkpoint is not None else "(none)"
-        p(f"best trial {m.get('trial_id')}: {spec.metric} {m[spec.metric]:.4g} at epoch {m.get('epoch')}"
-          f"/{m.get('max_epochs')}{' (stopped early)' if best['stopped'] else ''}, seed {m.get('seed')}, "
-          f"config {_inline(best['config'])}")
-        p(f"  checkpoint: {ckpt}")
-        p(f"  mlflow run: {m.get('mlflow_run_id')}")
-        tags.update({"echos.best_trial_id": m.get("trial_id"), "echos.best_run_id": m.get("mlflow_run_id"),
-                     f"echos.best_{spec.metric}": m[spec.metric], "echos.best_checkpoint": ckpt})
-        if len(spec.seeds) > 1:
-            _print_by_config(spec, ok, p)
-    else:
-        p("no trial reported a finite " + spec.metric)
-    p(f"MLflow: {tracking_uri}, experiment {spec.experiment!r}, sweep parent run {parent_run_id}")
-    p(f"  open it: echos ui --backend-store-uri {tracking_uri}"
-      if not tracking_uri.startswith("http") else f"  open it: {tracking_uri}")
-    return tags
-
-
-def _print_by_config(spec: SweepSpec, rows: list[dict], p) -> None:
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[_inline(r["config"])].append(r)
-    sign = 1 if spec.mode == "max" else -1
-    stats = []
-    for key, rs in groups.items():
-        vals = [r["metrics"][spec.metric] for r in rs]
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        stats.append((statistics.fmean(vals), sd, len(vals), sum(r["stopped"] for r in rs), key))
-    stats.sort(key=lambda s: -sign * s[0])
-    p(f"by configuration ({spec.metric} at each trial's last epoch, mean +- sd over seeds; "
-      "ASHA-stopped trials count at the epoch they stopped):")
-    for mean, sd, n, n_stop, key in stats[:15]:
-        p(f"  {mean:8.4g} +- {sd:<7.3g} n={n}{f' ({n_stop} stopped)' if n_stop else ''}  {key}")
-    if len(stats) > 15:
-        p(f"  ... {len(stats) - 15} more")
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _inline(d: Any) -> str:
-    return json.dumps(d, default=str, separators=(", ", ": "))

@@ -7,14 +7,10 @@ The format is documented with an annotated example in ``sweeps/README.md``.  In 
 
 Validation happens in two steps, both before any Ray process exists:
 
-1. :func:`parse_spec`: the spec's own schema (keys, types, ranges, the rules that tie
+1. :func:`parse_spec` (here): the spec's own schema (keys, types, ranges, the rules that tie
    them together);
-2. :func:`check_trainer_configs`: the trainer configs the space can produce.  The
-   :class:`~echos_core.config.Config` is built at the bounds of every range (every value of
-   small integer ranges, every choice, every arm), and for the combinations of the
-   parameters that shape the model or its init, the model is built on the CPU and
-   :func:`echos_core.inits.check_init` run against it (e.g. a gamma range that some kernel
-   size in the space cannot hold).  Nothing is trained.
+2. :func:`echos_core.sweep.validate.check_trainer_configs`: the trainer configs the space can
+   produce, built at the bounds of the space, with ``check_init`` run on the built models.
 
 Every error is a :class:`SpecError` (a :class:`~echos_core.config.ConfigError`): one line
 naming the key, the value and the rule; the CLI exits with status 2.
@@ -24,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import math
 import os
 import re
@@ -44,8 +39,11 @@ __all__ = [
     "SweepSpec",
     "load_spec",
     "parse_spec",
-    "check_trainer_configs",
-    "smoke_spec",
+    "arm_label",
+    "possible_values",
+    "base_value",
+    "inline",
+    "default_tracking_uri",
     "SEARCH_ALGORITHMS",
     "SCHEDULERS",
     "PARAM_TYPES",
@@ -61,8 +59,6 @@ METRICS = ("val_top1", "val_top5", "val_loss", "train_loss")
 RESERVED_KEYS = ("seed", "output_dir", "run_name", "mlflow.tracking_uri", "mlflow.experiment")
 # An int range with at most this many values is validated at every value, not only its ends.
 _INT_PROBE_ALL = 64
-# At most this many model/init combinations are built for check_init; beyond, one parameter at a time.
-_MAX_COMBOS = 256
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 TOP_KEYS = ("name", "description", "base", "space", "search", "num_samples", "max_concurrent",
@@ -71,6 +67,13 @@ TOP_KEYS = ("name", "description", "base", "space", "search", "num_samples", "ma
 
 class SpecError(ConfigError):
     """A sweep spec breaks a rule.  ``str(err)`` is one line: key, value, rule."""
+
+    @classmethod
+    def at(cls, where: str, message: str) -> "SpecError":
+        """``'<where>: <message>'``, for an error whose message already names the values."""
+        err = cls(where, None, message)
+        err.args = (f"{where}: {' '.join(message.split())}",)
+        return err
 
 
 # --------------------------------------------------------------------------- the spec
@@ -141,9 +144,9 @@ class Param:
             return f"int [{int(self.low)}, {int(self.high)}]{step} ({self.size} values)"
         if self.arms is not None:
             width = max(len(label) for label in self.arms)
-            inner = "".join(f"\n      {label:<{width}}  {_inline(arm)}" for label, arm in self.arms.items())
+            inner = "".join(f"\n      {label:<{width}}  {inline(arm)}" for label, arm in self.arms.items())
             return f"{self.type} of {len(self.arms)} arms:{inner}"
-        return f"{self.type} {_inline(self.values)}"
+        return f"{self.type} {inline(self.values)}"
 
 
 @dataclass
@@ -237,7 +240,7 @@ class SweepSpec:
         return d
 
 
-def _inline(v: Any) -> str:
+def inline(v: Any) -> str:
     """One-line YAML spelling of a value: ``dog``, ``0.25``, ``null``, ``[3, 5]``, ``{init.scheme: dog}``."""
     if isinstance(v, (list, dict)):
         return yaml.safe_dump(v, default_flow_style=True, width=10**6, sort_keys=False).strip()
@@ -332,6 +335,8 @@ def load_spec(path: str | Path, *, tracking_uri: Optional[str] = None,
     spec = parse_spec(data, base_dir=p.parent)
     spec.source = str(p)
     if check_configs:
+        from .validate import check_trainer_configs
+
         check_trainer_configs(spec)
     return spec
 
@@ -597,7 +602,7 @@ def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
                 if not _scalar(v):
                     raise _err(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
             label = label if named else arm_label(arm)
-            fingerprint = _inline(dict(sorted(arm.items())))
+            fingerprint = inline(dict(sorted(arm.items())))
             if fingerprint in seen or label in arms:
                 raise _err(at, arm, "repeats an earlier arm")
             seen[fingerprint] = label
@@ -609,7 +614,7 @@ def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
         if not _scalar(v):
             raise _err(f"{where}.values[{i}]", v, "must be a plain value (number, string, bool, null)")
     _check_config_key(where, key, values[0])
-    if len({_inline(v) for v in values}) != len(values):
+    if len({inline(v) for v in values}) != len(values):
         raise _err(f"{where}.values", values, "must not repeat a value")
     return Param(key=key, type=typ, values=list(values))
 
@@ -618,7 +623,7 @@ def arm_label(arm: dict) -> str:
     """A short readable label: ``{init.scheme: dog, init.on_ratio: 0.25}`` -> ``scheme=dog,on_ratio=0.25``."""
     parts = []
     for k, v in arm.items():
-        parts.append(f"{k.rsplit('.', 1)[-1]}={_inline(v)}")
+        parts.append(f"{k.rsplit('.', 1)[-1]}={inline(v)}")
     return ",".join(parts)
 
 
@@ -632,7 +637,7 @@ def _check_cross_rules(spec: SweepSpec) -> None:
         raise _err("resources.gpus", spec.gpus, "is > 0 but base train.device is 'cpu': the GPU would sit idle")
     sch = spec.scheduler
     if sch.type == "asha":
-        epochs = _possible_values(spec, "train.epochs")
+        epochs = possible_values(spec, "train.epochs")
         lo = min(epochs)
         if sch.max_t is None:
             if len(epochs) > 1:
@@ -647,18 +652,19 @@ def _check_cross_rules(spec: SweepSpec) -> None:
             raise _err("scheduler.type", "asha", "needs at least 2 trials to compare; use scheduler none")
 
 
-def _possible_values(spec: SweepSpec, key: str) -> list:
+def possible_values(spec: SweepSpec, key: str) -> list:
     """Every value ``key`` can take in this sweep (its base value if the space leaves it alone)."""
     for p in spec.params:
         if key in p.config_keys():
             if p.arms is not None:
-                base = _base_value(spec.base, key)
+                base = base_value(spec.base, key)
                 return [arm.get(key, base) for arm in p.arms.values()]
             return p.probes()
-    return [_base_value(spec.base, key)]
+    return [base_value(spec.base, key)]
 
 
-def _base_value(base: dict, key: str) -> Any:
+def base_value(base: dict, key: str) -> Any:
+    """The value of dotted ``key`` in the nested ``base`` config, or the Config default."""
     cur: Any = base
     for part in key.split("."):
         if not isinstance(cur, dict) or part not in cur:
@@ -668,191 +674,6 @@ def _base_value(base: dict, key: str) -> Any:
             return cfg
         cur = cur[part]
     return cur
-
-
-# --------------------------------------------------------------------------- trainer configs
-
-
-_STRUCTURAL = ("model.", "init.", "data.image_size", "data.name", "data.fake_classes")
-
-
-def check_trainer_configs(spec: SweepSpec) -> int:
-    """Validate every trainer config the space can produce at its bounds; returns the number checked.
-
-    1. Each parameter alone, at each of its probes (the rest at base): the Config must build.
-    2. The parameters that shape the model or its init (``model.*``, ``init.*``, image size), all
-       combinations of their probes (at most a few hundred; else one at a time): the model is
-       built on the CPU and ``check_init`` run against it, e.g. a DoG gamma range against every
-       kernel size the space holds.
-    """
-    from ..inits import check_init
-
-    checked = 0
-    seed = spec.seeds[0]
-    # 1. one parameter at a time
-    for p in spec.params:
-        for v in p.probes():
-            _build_or_raise(spec, {p.key: v}, seed, blame=p)
-            checked += 1
-    for s in spec.seeds:  # seeds are validated by the Config too
-        _build_or_raise(spec, {}, s, blame=None)
-
-    # 2. model x init combinations
-    structural = [p for p in spec.params if any(k.startswith(_STRUCTURAL) for k in p.config_keys())]
-    grids = [p.probes() for p in structural]
-    n_combos = math.prod(len(g) for g in grids) if grids else 1
-    if n_combos <= _MAX_COMBOS:
-        combos = [dict(zip([p.key for p in structural], vals)) for vals in itertools.product(*grids)]
-    else:
-        combos = [{}] + [{p.key: v} for p in structural for v in p.probes()]
-    models: dict[str, Any] = {}
-    for combo in combos:
-        cfg = _build_or_raise(spec, combo, seed, blame=None)
-        model = _model_for(cfg, models, spec, combo)
-        try:
-            check_init(model, cfg.init)
-        except ValueError as e:
-            raise _err(_where(combo), _combo_value(spec, combo), " ".join(str(e).split())) from None
-        checked += 1
-    return checked
-
-
-def _where(combo: dict) -> str:
-    return "space" if combo else "base"
-
-
-def _combo_value(spec: SweepSpec, combo: dict) -> Any:
-    if not combo:
-        return {k: v for k, v in spec.overrides({}).items()} or "(base config)"
-    return spec.overrides(combo)
-
-
-def _build_or_raise(spec: SweepSpec, sampled: dict, seed: int, blame: Optional[Param]) -> Config:
-    try:
-        return spec.build_config(sampled, seed)
-    except ConfigError as e:
-        if blame is not None:
-            value = sampled[blame.key]
-            if not blame.is_arm and e.field == blame.key:
-                raise _err(f"space.{blame.key}", value, e.rule) from None
-            raise _err(f"space.{blame.key}", value, f"gives an invalid trainer config: {e}") from None
-        if sampled:
-            raise _err("space", spec.overrides(sampled), f"this combination gives an invalid trainer config: {e}") from None
-        raise _err(f"base.{e.field}" if e.field != "seed" else "seeds", e.value, e.rule) from None
-
-
-def _num_classes(cfg: Config) -> int:
-    """Classes of the data set without loading it (only the model's head depends on it)."""
-    return {"fake": cfg.data.fake_classes, "cifar100": 100, "imagefolder": 1000}.get(cfg.data.name, 10)
-
-
-def _model_for(cfg: Config, cache: dict, spec: SweepSpec, combo: dict):
-    """The model of ``cfg`` built on the CPU (cached per model section and input size)."""
-    import torch
-
-    from ..models import create_model
-
-    key = _inline([dataclasses.asdict(cfg.model), cfg.data.image_size, _num_classes(cfg)])
-    if key not in cache:
-        torch.manual_seed(0)
-        try:
-            with torch.device("cpu"):
-                cache[key] = create_model(cfg.model, num_classes=_num_classes(cfg), in_chans=3,
-                                          image_size=cfg.data.image_size)
-        except ValueError as e:
-            raise _err(_where(combo), _combo_value(spec, combo), " ".join(str(e).split())) from None
-    return cache[key]
-
-
-# --------------------------------------------------------------------------- smoke test
-
-
-_NEEDS_FILES = ("cifar10", "cifar100", "imagefolder")
-
-
-def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec, list[str]]:
-    """The same sweep with a tiny budget, runnable on this machine; returns (spec, notes).
-
-    * few trials: 2 sampled configurations x 2 seeds (optuna, random), or every grid
-      dimension cut to its first and last value x 1 seed (grid);
-    * 2 epochs of at most 3 steps, batches of at most 32 (8 above 64 px), at most 256/64
-      training/validation images; data sets that need files (CIFAR, ImageFolder) become
-      ``fake`` data with the same image size and number of classes;
-    * no GPU (and no torch.compile) when this machine has none.
-
-    The caps apply to the base config and to whatever the space sets (arms, choices);
-    the spec's own ``smoke_test`` overrides come last.
-    """
-    s = copy.deepcopy(spec)
-    notes: list[str] = []
-    s.name = f"{spec.name}-smoke"
-    s.experiment = f"{spec.experiment}-smoke"
-    s.seeds = spec.seeds[:1] if spec.search.algorithm == "grid" else spec.seeds[:2]
-    s.num_samples = min(spec.num_samples, 2)
-    for p in s.params:
-        if p.type == "grid" and p.size > 2:
-            keep = [p.labels[0], p.labels[-1]]
-            if p.arms is not None:
-                p.arms = {k: p.arms[k] for k in keep}
-            else:
-                p.values = keep
-
-    image_size = _base_value(s.base, "data.image_size")
-    caps = {
-        "train.epochs": lambda v: min(v, 2),
-        "train.warmup_epochs": lambda v: min(v, 0.5),
-        "train.steps_per_epoch": lambda v: min(v or 3, 3),
-        "train.batch_size": lambda v: min(v, 32 if image_size <= 64 else 8),
-        "data.fake_size": lambda v: min(v, 128),
-        "data.train_limit": lambda v: min(v or 256, 256),
-        "data.val_limit": lambda v: min(v or 64, 64),
-        "data.num_workers": lambda v: 0,
-        "data.name": lambda v: "fake" if v in _NEEDS_FILES else v,
-        "data.download": lambda v: False,
-    }
-    if not cuda_available:
-        caps["train.device"] = lambda v: "cpu" if str(v).startswith("cuda") else v
-        caps["train.compile"] = lambda v: False
-        if s.gpus:
-            notes.append(f"resources.gpus {s.gpus:g} -> 0 (no GPU here)")
-        s.gpus = 0.0
-    local_cpus = os.cpu_count() or 1
-    if s.cpus > local_cpus:
-        notes.append(f"resources.cpus {s.cpus:g} -> {local_cpus} (the cores of this machine)")
-        s.cpus = float(local_cpus)
-    name = _base_value(s.base, "data.name")
-    if name in _NEEDS_FILES:
-        classes = {"cifar10": 10, "cifar100": 100}.get(name, 10)
-        s.base["data"]["fake_classes"] = classes
-        s.base["data"].pop("root", None)
-    apply_overrides(s.base, {k: cap(_base_value(s.base, k)) for k, cap in caps.items()})
-    for p in s.params:
-        if p.arms is not None:
-            for arm in p.arms.values():
-                for k in arm:
-                    if k in caps:
-                        arm[k] = caps[k](arm[k])
-        elif p.key in caps:
-            if p.type not in ("choice", "grid"):
-                raise _err(f"space.{p.key}", p.type, "--smoke-test cannot cut a searched range of this key; "
-                                                     "use choice or grid values")
-            capped = list(dict.fromkeys(caps[p.key](v) for v in p.values))
-            p.values = capped
-    if s.scheduler.type == "asha":
-        s.scheduler.max_t = min(_possible_values(s, "train.epochs"))
-        s.scheduler.grace_period = 1
-    s.max_concurrent = None
-    apply_overrides(s.base, dict(spec.smoke_test))
-    if name in _NEEDS_FILES:
-        notes.append(f"data {name} replaced by fake data ({s.base['data']['fake_classes']} classes, "
-                     f"{_base_value(s.base, 'data.image_size')} px)")
-    if s.scheduler.type == "asha" and s.n_trials < 2:
-        s.scheduler.type = "none"
-    try:
-        config_from_dict({**s.base, "seed": s.seeds[0]})
-    except ConfigError as e:
-        raise _err(f"smoke_test.{e.field}", e.value, e.rule) from None
-    return s, notes
 
 
 def default_tracking_uri() -> str:

@@ -23,6 +23,7 @@ process is simply ended.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import yaml
 
 from .spec import SweepSpec
 
-__all__ = ["TrialContext", "run_trial", "trial_seed", "TRIAL_STATE_FILE", "REPORT_KEYS"]
+__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "TRIAL_STATE_FILE",
+           "REPORT_KEYS"]
 
 TRIAL_STATE_FILE = "echos_trial.json"  # written into every reported checkpoint folder
 # Keys each report adds to the trainer's metrics (besides them).
@@ -64,6 +66,20 @@ def sampled_values(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("__") and k != "seed"}
 
 
+def trial_outcome(last_result: dict, errored: bool) -> tuple[str, bool, str]:
+    """(echos.status, stopped by the scheduler?, MLflow run status) of a trial that ended.
+
+    A trial that ended without error before its own ``train.epochs`` (reported with every result
+    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.
+    """
+    epoch, max_epochs = last_result.get("epoch"), last_result.get("max_epochs")
+    if errored:
+        return "error", False, "FAILED"
+    if epoch is not None and max_epochs is not None and int(epoch) < int(max_epochs):
+        return "stopped", True, "KILLED"
+    return "finished", False, "FINISHED"
+
+
 def run_trial(config: dict, ctx: TrialContext) -> None:
     import ray
     from ray import tune
@@ -73,6 +89,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     from ..tracking import MlflowRun, find_runs
     from ..trainer import train
 
+    # One "Checkpoint successfully created" line per trial and epoch drowns Ray's table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     spec = ctx.spec
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()

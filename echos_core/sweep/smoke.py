@@ -1,0 +1,104 @@
+"""``--smoke-test``: the same sweep with a tiny budget, runnable on this machine."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from ..config import ConfigError, apply_overrides, config_from_dict
+from .spec import SpecError, SweepSpec, base_value, possible_values
+
+__all__ = ["smoke_spec"]
+
+
+def _err(key: str, value: Any, rule: str) -> SpecError:
+    return SpecError(key, value, rule)
+
+
+_NEEDS_FILES = ("cifar10", "cifar100", "imagefolder")
+
+
+def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec, list[str]]:
+    """The same sweep with a tiny budget, runnable on this machine; returns (spec, notes).
+
+    * few trials: 2 sampled configurations x 2 seeds (optuna, random), or every grid
+      dimension cut to its first and last value x 1 seed (grid);
+    * 2 epochs of at most 3 steps, batches of at most 32 (8 above 64 px), at most 256/64
+      training/validation images; data sets that need files (CIFAR, ImageFolder) become
+      ``fake`` data with the same image size and number of classes;
+    * no GPU (and no torch.compile) when this machine has none.
+
+    The caps apply to the base config and to whatever the space sets (arms, choices);
+    the spec's own ``smoke_test`` overrides come last.
+    """
+    s = copy.deepcopy(spec)
+    notes: list[str] = []
+    s.name = f"{spec.name}-smoke"
+    s.experiment = f"{spec.experiment}-smoke"
+    s.seeds = spec.seeds[:1] if spec.search.algorithm == "grid" else spec.seeds[:2]
+    s.num_samples = min(spec.num_samples, 2)
+    for p in s.params:
+        if p.type == "grid" and p.size > 2:
+            keep = [p.labels[0], p.labels[-1]]
+            if p.arms is not None:
+                p.arms = {k: p.arms[k] for k in keep}
+            else:
+                p.values = keep
+
+    image_size = base_value(s.base, "data.image_size")
+    caps = {
+        "train.epochs": lambda v: min(v, 2),
+        "train.warmup_epochs": lambda v: min(v, 0.5),
+        "train.steps_per_epoch": lambda v: min(v or 3, 3),
+        "train.batch_size": lambda v: min(v, 32 if image_size <= 64 else 8),
+        "data.fake_size": lambda v: min(v, 128),
+        "data.train_limit": lambda v: min(v or 256, 256),
+        "data.val_limit": lambda v: min(v or 64, 64),
+        "data.num_workers": lambda v: 0,
+        "data.name": lambda v: "fake" if v in _NEEDS_FILES else v,
+        "data.download": lambda v: False,
+    }
+    if not cuda_available:
+        caps["train.device"] = lambda v: "cpu" if str(v).startswith("cuda") else v
+        caps["train.compile"] = lambda v: False
+        if s.gpus:
+            notes.append(f"resources.gpus {s.gpus:g} -> 0 (no GPU here)")
+        s.gpus = 0.0
+    local_cpus = os.cpu_count() or 1
+    if s.cpus > local_cpus:
+        notes.append(f"resources.cpus {s.cpus:g} -> {local_cpus} (the cores of this machine)")
+        s.cpus = float(local_cpus)
+    name = base_value(s.base, "data.name")
+    if name in _NEEDS_FILES:
+        classes = {"cifar10": 10, "cifar100": 100}.get(name, 10)
+        s.base["data"]["fake_classes"] = classes
+        s.base["data"].pop("root", None)
+    apply_overrides(s.base, {k: cap(base_value(s.base, k)) for k, cap in caps.items()})
+    for p in s.params:
+        if p.arms is not None:
+            for arm in p.arms.values():
+                for k in arm:
+                    if k in caps:
+                        arm[k] = caps[k](arm[k])
+        elif p.key in caps:
+            if p.type not in ("choice", "grid"):
+                raise _err(f"space.{p.key}", p.type, "--smoke-test cannot cut a searched range of this key; "
+                                                     "use choice or grid values")
+            capped = list(dict.fromkeys(caps[p.key](v) for v in p.values))
+            p.values = capped
+    if s.scheduler.type == "asha":
+        s.scheduler.max_t = min(possible_values(s, "train.epochs"))
+        s.scheduler.grace_period = 1
+    s.max_concurrent = None
+    apply_overrides(s.base, dict(spec.smoke_test))
+    if name in _NEEDS_FILES:
+        notes.append(f"data {name} replaced by fake data ({s.base['data']['fake_classes']} classes, "
+                     f"{base_value(s.base, 'data.image_size')} px)")
+    if s.scheduler.type == "asha" and s.n_trials < 2:
+        s.scheduler.type = "none"
+    try:
+        config_from_dict({**s.base, "seed": s.seeds[0]})
+    except ConfigError as e:
+        raise _err(f"smoke_test.{e.field}", e.value, e.rule) from None
+    return s, notes
