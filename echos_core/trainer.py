@@ -339,7 +339,8 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     if tc.kernel_metrics:
         from .analysis import epoch_kernel_metrics
 
-        metric_hooks.append(epoch_kernel_metrics)
+        if epoch_kernel_metrics not in metric_hooks:  # a caller may already pass it
+            metric_hooks.append(epoch_kernel_metrics)
         if ckpt is None:
             write_kernel_mosaics(model, run_dir / "kernels", "init")
     val_loader = make_loader(data.val, tc.batch_size, shuffle=False, seed=cfg.seed, epoch=0,
