@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from .config import flatten
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "MlflowRun",
@@ -77,17 +79,6 @@ def param_value(v: Any) -> str:
     else:
         s = str(v)
     return s[:_MAX_PARAM_LEN]
-
-
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def _client(tracking_uri: str):
@@ -195,7 +186,7 @@ class MlflowRun:
             logged_params = dict(run.data.params)
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self.set_tags(all_tags)
-        params = [Param(k, param_value(v)) for k, v in _flatten(config).items() if k not in logged_params]
+        params = [Param(k, param_value(v)) for k, v in flatten(dict(config)).items() if k not in logged_params]
         for chunk in _chunks(params, _MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk, synchronous=True)
         self._ended = False
