@@ -54,5 +54,5 @@ def test_summary_numbers_and_files(sweep_dir, tmp_path):
 
 
 def test_not_a_folder_is_one_line_error(tmp_path):
-    with pytest.raises(ValueError, match="SWEEP_DIR=.*is not a folder"):
+    with pytest.raises(ValueError, match="SWEEP_DIR=.*is not a folder, nor a sweep name"):
         write_other_kernels(tmp_path / "nope", tmp_path / "out")

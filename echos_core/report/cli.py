@@ -44,7 +44,7 @@ def register(sub) -> None:
                     "trained depthwise kernels On/Off/other, fit shape families (DoG, Gaussian derivatives, "
                     "edges) to the other ones against an i.i.d.-noise chance level, and measure how far training "
                     "moved them from their init. Writes kernels.csv, summary.csv, summary.md and mosaics.")
-    o.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the sweep's Ray folder, e.g. ray_results/onoff_ratio-<stamp>")
+    o.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep name (its newest folder in ray_results/) or the sweep's Ray folder itself")
     o.add_argument("--out", "-o", metavar="DIR", default="results/other_kernels", help="output folder")
     o.set_defaults(func=_cmd_other_kernels)
 

@@ -13,7 +13,7 @@ the trainer), and measures per depthwise kernel:
 Written to ``<out>/``: ``kernels.csv`` (one row per kernel), ``summary.csv`` (per init arm),
 ``summary.md`` and a mosaic of the "other" kernels of one trial per arm.
 
-    echos other-kernels ray_results/onoff_ratio-<stamp> --out results/other_kernels
+    echos other-kernels onoff_ratio --out results/other_kernels   # newest ray_results/onoff_ratio-<stamp>
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["initial_model", "analyse_trials", "write_other_kernels"]
+__all__ = ["initial_model", "analyse_trials", "write_other_kernels", "resolve_sweep_dir"]
 
 
 def initial_model(cfg, num_classes: int, in_chans: int):
@@ -40,6 +40,20 @@ def initial_model(cfg, num_classes: int, in_chans: int):
     model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, image_size=cfg.data.image_size)
     apply_init(model, cfg.init, cfg.seed)
     return model
+
+
+def resolve_sweep_dir(sweep: str | Path, storage: str | Path = "ray_results") -> Path:
+    """A sweep's Ray folder: ``sweep`` itself if it is a folder, else the newest ``<storage>/<sweep>-<stamp>``."""
+    path = Path(sweep)
+    if path.is_dir():
+        return path
+    name = path.name
+    runs = sorted(Path(storage).glob(f"{name}-[0-9]*-[0-9]*")) if Path(storage).is_dir() and name else []
+    runs = [r for r in runs if r.is_dir()]
+    if not runs:
+        raise ValueError(f"SWEEP_DIR={str(sweep)!r}: is not a folder, nor a sweep name with runs in "
+                         f"{str(storage)!r} (expected ray_results/<sweep>-<stamp>)")
+    return runs[-1]
 
 
 def _final_checkpoints(sweep_dir: Path) -> list[Path]:
@@ -62,9 +76,7 @@ def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[li
     from ..inits import depthwise_kernels
     from ..analysis.summary import model_from_checkpoint
 
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise ValueError(f"SWEEP_DIR={str(sweep_dir)!r}: is not a folder (expected ray_results/<sweep>-<stamp>)")
+    sweep_dir = resolve_sweep_dir(sweep_dir)
     rows: list[dict] = []
     examples: dict = {}
     k = 7
@@ -127,6 +139,7 @@ def _summary(rows: list[dict]) -> list[dict]:
 def write_other_kernels(sweep_dir: str | Path, out: str | Path) -> Path:
     from ..plots import kernel_mosaic
 
+    sweep_dir = resolve_sweep_dir(sweep_dir)
     rows, extra = analyse_trials(sweep_dir)
     if not rows:
         raise ValueError(f"SWEEP_DIR={str(sweep_dir)!r}: holds no finished trial checkpoints")
@@ -152,7 +165,8 @@ def write_other_kernels(sweep_dir: str | Path, out: str | Path) -> Path:
         "",
         f"Source: the final checkpoints of `{Path(sweep_dir).name}` ({len({r['trial'] for r in rows})} finished trials, "
         f"seeds {seeds}, {len(rows)} depthwise {extra['kernel_size']}x{extra['kernel_size']} kernels).",
-        f"Regenerate: `echos other-kernels {sweep_dir} --out {out}`.",
+        f"Regenerate: `echos other-kernels {sweep_dir.name.rsplit('-', 2)[0]} --out {out}` (the newest run of the sweep "
+        f"in ray_results/; or name its folder).",
         "",
         "Per arm: label fractions (k-means, clusters named by centre-surround index), and for the *other* kernels the",
         "mean R^2 of the best DoG and of the best shape of any family (DoG, Gaussian, 1st/2nd Gaussian derivative,",
