@@ -2,7 +2,7 @@
 # uv (from PyPI, if missing) and then the exact locked stack from uv.lock into .venv.
 UV ?= python3 -m uv
 
-.PHONY: bootstrap demo test test-fast
+.PHONY: bootstrap demo test test-fast results
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -18,3 +18,12 @@ test: bootstrap
 ## Everything but the slow end-to-end tests (for quick local iterations).
 test-fast: bootstrap
 	$(UV) run --frozen pytest -m "not slow"
+
+## Regenerate everything in results/ (about 1.5 hours on 2 CPU cores): the On/Off study and the
+## digits study (Ray Tune sweeps logged to ./mlflow.db), their reports, and the "other"-kernel analysis.
+results: bootstrap
+	$(UV) run --frozen echos sweep sweeps/onoff_ratio.yaml
+	$(UV) run --frozen echos report onoff_ratio --out results
+	$(UV) run --frozen echos other-kernels onoff_ratio --out results/other_kernels
+	$(UV) run --frozen echos sweep sweeps/digits.yaml
+	$(UV) run --frozen echos report digits --out results
