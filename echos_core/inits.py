@@ -50,12 +50,15 @@ __all__ = [
     "random_field_kernels",
 ]
 
-InitFn = Callable[[nn.Conv2d, InitConfig, torch.Generator], "LayerReport"]
+InitFn = Callable[..., "LayerReport"]  # fn(conv, cfg, generator, name="") -> LayerReport
 INIT_SCHEMES: dict[str, InitFn] = {}
 
 
 def register_init(name: str) -> Callable[[InitFn], InitFn]:
-    """Decorator: add an init scheme ``fn(conv, cfg, generator) -> LayerReport`` to the registry."""
+    """Decorator: add an init scheme ``fn(conv, cfg, generator, name="") -> LayerReport`` to the registry.
+
+    The function re-initialises the kernels of one depthwise ``conv`` in place, drawing every random
+    number from ``generator``, and reports what it changed (``name`` is the layer's qualified name)."""
 
     def deco(fn: InitFn) -> InitFn:
         INIT_SCHEMES[name] = fn
