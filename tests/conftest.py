@@ -8,6 +8,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Under `uv run pytest`, Ray would relaunch workers through `uv run` (echos_core.sweep turns this off too).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # Hermetic data cache: tests never read or write the user's ~/.cache/echos.
 os.environ.setdefault("ECHOS_DATA", tempfile.mkdtemp(prefix="echos-test-data-"))
 

@@ -12,6 +12,16 @@
 Nothing here imports Ray or MLflow at package import; they load when a sweep runs.
 """
 
+import os as _os
+
+# Ray (>= 2.43) relaunches trial workers through `uv run` when the driver itself runs under
+# `uv run` (its uv runtime-env hook).  The workers then resolve a project from their own working
+# folder; when that is not this project (a test's temp folder, `uv run --project ...` from
+# elsewhere) they die at start and the sweep waits forever.  Trial workers must use the Python
+# that started Ray on each node, as on any cluster, so echos turns the hook off unless the user
+# has set RAY_ENABLE_UV_RUN_RUNTIME_ENV.  This must happen before Ray is first imported.
+_os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 from .smoke import smoke_spec
 from .spec import SpecError, SweepSpec, load_spec, parse_spec
 from .validate import check_trainer_configs
