@@ -211,13 +211,7 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
             w(f"- baseline `{b}`: not run in this sweep.")
     if not rep.paired.empty:
         w("")
-        rows = []
-        for _, r in rep.paired.iterrows():
-            text, claimed = verdict(r, metric)
-            rows.append([f"`{r.arm}`", f"`{r.baseline}`", r.n_pairs, _num(r.mean_diff, d), _num(r.sd_diff, d),
-                         _ci(r.ci_low, r.ci_high, d), _p(r.p), _p(r.p_holm), text])
-            _sentence(r, text, claimed, claims, nulls, d, unit)
-        L += _table(["arm", "baseline", "pairs", "mean d", "sd d", "95% CI of d", "p", "p (Holm)", "verdict"], rows)
+        L += _paired_table(rep.paired, "baseline", metric, d, unit, claims, nulls)
     elif has_dog:
         w("- No DoG arm has a baseline arm with the same non-init config and shared seeds: no paired comparison.")
     w("")
@@ -230,13 +224,7 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
         w(f"Each DoG arm against the DoG arm that differs only in on_ratio = {ref:g} (the paper's 50/50), "
           "paired by seed.")
         w("")
-        rows = []
-        for _, r in rep.contrasts.iterrows():
-            text, claimed = verdict(r, metric)
-            rows.append([f"`{r.arm}`", f"`{r.baseline}`", r.n_pairs, _num(r.mean_diff, d), _num(r.sd_diff, d),
-                         _ci(r.ci_low, r.ci_high, d), _p(r.p), _p(r.p_holm), text])
-            _sentence(r, text, claimed, claims, nulls, d, unit)
-        L += _table(["arm", "reference", "pairs", "mean d", "sd d", "95% CI of d", "p", "p (Holm)", "verdict"], rows)
+        L += _paired_table(rep.contrasts, "reference", metric, d, unit, claims, nulls)
         w("")
     elif has_dog:
         w(f"No paired contrast against on_ratio = {ref:g}: on_ratio was not varied, or {ref:g} was not run.")
@@ -350,3 +338,15 @@ def _trend_sentence(r: pd.Series, metric: str, d: int, unit: str) -> str:
         else:
             s += f" No detectable curvature (95% CI {cci}): no evidence for an interior optimum."
     return s
+
+
+def _paired_table(frame, against: str, metric: str, d: int, unit: str,
+                  claims: list[str], nulls: list[str]) -> list[str]:
+    """Markdown table of paired comparisons (one row each); their conclusion sentences go to claims/nulls."""
+    rows = []
+    for _, r in frame.iterrows():
+        text, claimed = verdict(r, metric)
+        rows.append([f"`{r.arm}`", f"`{r.baseline}`", r.n_pairs, _num(r.mean_diff, d), _num(r.sd_diff, d),
+                     _ci(r.ci_low, r.ci_high, d), _p(r.p), _p(r.p_holm), text])
+        _sentence(r, text, claimed, claims, nulls, d, unit)
+    return _table(["arm", against, "pairs", "mean d", "sd d", "95% CI of d", "p", "p (Holm)", "verdict"], rows)
