@@ -107,6 +107,8 @@ class AugmentConfig:
 
 
 DATASETS = ("embedded", "digits", "cifar10", "cifar100", "imagefolder", "fake")
+PIPELINES = ("auto", "resident", "loader")
+SMALL_MAX = 64  # inputs up to this side use the small (uint8 tensor) augmentations, per sample or resident
 
 
 @dataclass
@@ -120,7 +122,11 @@ class DataConfig:
     image_size: int = field(default=32, metadata=_doc("side of the (square) network input in pixels"))
     train_limit: Optional[int] = field(default=None, metadata=_doc("use at most this many training images (seeded subset)"))
     val_limit: Optional[int] = field(default=None, metadata=_doc("use at most this many validation images (first ones)"))
-    num_workers: int = field(default=0, metadata=_doc("DataLoader worker processes"))
+    num_workers: int = field(default=0, metadata=_doc("DataLoader worker processes (loader pipeline)"))
+    pipeline: str = field(default="auto", metadata=_doc(
+        "resident (whole split as one uint8 tensor on the training device, augmentation batched there), "
+        "loader (per-sample timm transforms in a DataLoader), auto (resident whenever it can do every "
+        "configured augmentation)"))
     fake_size: int = field(default=256, metadata=_doc("fake data: number of training images (validation gets a quarter)"))
     fake_classes: int = field(default=10, metadata=_doc("fake data: number of classes"))
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=_doc("training augmentation"))
@@ -138,6 +144,34 @@ class DataConfig:
         _int_range(f"{p}.fake_size", self.fake_size, 4, None)
         _int_range(f"{p}.fake_classes", self.fake_classes, 2, None)
         self.augment.validate(f"{p}.augment")
+        _choice(f"{p}.pipeline", self.pipeline, PIPELINES)
+        if self.pipeline == "resident" and self.resident_blockers():
+            field_name, value, why = self.resident_blockers()[0]
+            raise ConfigError(f"{p}.{field_name}", value, f"data.pipeline=resident cannot do this: {why}")
+
+    def resident_blockers(self) -> list[tuple[str, Any, str]]:
+        """(field, value, why) for everything the resident data path cannot do; empty when it can run.
+
+        The resident path (``echos_core.data.resident``) does, batched on the device: crop with
+        reflect padding, horizontal flip, normalisation, random erasing, and mixup/CutMix (timm's
+        ``Mixup`` on the batch).  It serves in-memory data sets at inputs up to ``SMALL_MAX`` px.
+        """
+        out = []
+        if self.name == "imagefolder":
+            out.append(("name", self.name, "ImageFolder images are decoded per sample from files"))
+        if self.image_size > SMALL_MAX:
+            out.append(("image_size", self.image_size,
+                        f"inputs above {SMALL_MAX} px use timm's per-sample RandomResizedCrop transform"))
+        if self.augment.randaugment:
+            out.append(("augment.randaugment", self.augment.randaugment,
+                        "RandAugment is a per-sample PIL transform (use data.pipeline=loader or auto)"))
+        return out
+
+    def resolved_pipeline(self) -> str:
+        """``pipeline`` with ``auto`` decided: resident when nothing blocks it, else loader."""
+        if self.pipeline != "auto":
+            return self.pipeline
+        return "loader" if self.resident_blockers() else "resident"
 
 
 INIT_SCHEMES = ("dog", "kaiming", "default", "random-field")
@@ -187,7 +221,8 @@ class TrainConfig:
     grad_clip: Optional[float] = field(default=1.0, metadata=_doc("clip the global gradient norm to this; null = off"))
     device: str = field(default="auto", metadata=_doc("auto (cuda if available), cpu, cuda, cuda:N"))
     amp: str = field(default="auto", metadata=_doc("auto (bf16 on cuda), bf16, off"))
-    channels_last: str = field(default="auto", metadata=_doc("auto (on cuda), on, off"))
+    channels_last: str = field(default="auto", metadata=_doc(
+        "auto (on when the model has depthwise convolutions, on CPU and CUDA), on, off"))
     compile: bool = field(default=False, metadata=_doc("torch.compile the model"))
     steps_per_epoch: Optional[int] = field(default=None, metadata=_doc("cap optimiser steps per epoch (smoke runs)"))
     checkpoint_every: int = field(default=1, metadata=_doc("save a checkpoint every N epochs (the last always)"))

@@ -3,15 +3,18 @@
 ``build_data(cfg)`` returns a :class:`DataBundle`: training and validation data sets that
 yield ``(normalised float CxHxW tensor, int label)``, the class count, the input
 channels, the normalisation, the mixup/CutMix function (or None) and a one-line
-description.  ``make_loader(...)`` turns a data set into batches that are a pure
-function of (seed, epoch).
+description.  ``bundle.loader("train" | "val", ...)`` gives one epoch's batches, a pure
+function of (seed, epoch), by the configured ``data.pipeline``: the resident path
+(:mod:`.resident`, the whole split on the device, augmentation batched there) or the
+per-sample loader (``make_loader``).
 
 The map:
 
 * :mod:`.embedded`   the default data set: patches of photographs shipped in scikit-image
 * :mod:`.sources`    readers for digits, CIFAR-10/100, ImageFolder and fake data
 * :mod:`.transforms` training / validation transforms and mixup, from timm
-* :mod:`.loader`     reproducible loaders
+* :mod:`.loader`     reproducible per-sample loaders
+* :mod:`.resident`   the resident path: whole splits on the device, batched augmentation
 
 Data sets are identical for every run seed: limits (``train_limit``) draw their
 subset with a fixed seed, so runs that differ only in ``seed`` or ``init`` see the
@@ -23,9 +26,9 @@ mean and std of the full training split.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -59,6 +62,28 @@ class DataBundle:
     std: tuple
     mixup_fn: Optional[Any]  # timm.data.Mixup, or None when mixup and CutMix are both off
     description: str  # one line: what the data is and how much of it
+    image_size: int = 0  # side of the network input
+    pipeline: str = "loader"  # "resident" or "loader" (data.pipeline decided)
+    augment: Optional[Any] = None  # the AugmentConfig, for the resident path
+    _resident: dict = field(default_factory=dict, repr=False)  # (split, device) -> ResidentSplit
+
+    def loader(self, split: str, batch_size: int, *, seed: int, epoch: int, device="cpu",
+               num_workers: int = 0) -> Iterable:
+        """One epoch of ``split`` ("train": shuffled, augmented, full batches; "val": in order, all images)
+        on the bundle's pipeline.  Resident batches are already on ``device``."""
+        train = split == "train"
+        ds = self.train if train else self.val
+        if self.pipeline != "resident":
+            return make_loader(ds, batch_size, shuffle=train, seed=seed, epoch=epoch,
+                               num_workers=num_workers, drop_last=train)
+        from .resident import ResidentLoader, ResidentSplit
+
+        key = (split, str(device))
+        if key not in self._resident:
+            self._resident[key] = ResidentSplit(*ds.tensors(), size=self.image_size, device=torch.device(device))
+        return ResidentLoader(self._resident[key], batch_size, shuffle=train, seed=seed, epoch=epoch,
+                              mean=self.mean, std=self.std, augment=self.augment if train else None,
+                              drop_last=train)
 
 
 def data_root(cfg) -> Path:
@@ -141,8 +166,9 @@ def build_data(cfg) -> DataBundle:
                 len(ds) * size * size * ds.images.shape[-1] <= PRESIZE_MAX_BYTES:
             ds.resize_(size)
     num_classes = len(classes)
+    pipeline = d.resolved_pipeline()
     description = (f"{d.name}: {what}; {len(train)} train / {len(val)} val images, "
-                   f"{num_classes} classes, {size}x{size} px")
+                   f"{num_classes} classes, {size}x{size} px; {pipeline} pipeline")
     return DataBundle(train=train, val=val, num_classes=num_classes, in_chans=3, mean=tuple(mean), std=tuple(std),
                       mixup_fn=mixup_fn(d.augment, cfg.train.label_smoothing, num_classes),
-                      description=description)
+                      description=description, image_size=size, pipeline=pipeline, augment=d.augment)

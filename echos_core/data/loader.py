@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["epoch_seed", "seed_globals", "EpochLoader", "make_loader"]
+__all__ = ["epoch_seed", "epoch_order", "seed_globals", "EpochLoader", "make_loader"]
 
 _ORDER, _GLOBALS = 0, 1  # independent streams derived from the same (seed, epoch)
 
@@ -33,6 +33,18 @@ def epoch_seed(seed: int, epoch: int, stream: int = _ORDER) -> int:
     """A 63-bit seed that is a pure function of (seed, epoch, stream)."""
     state = np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which a shuffled :class:`EpochLoader` of ``n`` items serves them at (seed, epoch).
+
+    torch's ``DataLoader`` first draws its workers' base seed from the loader's generator, then
+    ``RandomSampler`` draws ``randperm(n)`` from it; the resident path uses this function to
+    serve the same order (tests/test_speed.py checks that the two agree).
+    """
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    torch.empty((), dtype=torch.int64).random_(generator=g)
+    return torch.randperm(n, generator=g)
 
 
 def seed_globals(seed: int) -> None:

@@ -64,6 +64,10 @@ class ArrayDataset(torch.utils.data.Dataset):
             img = self.transform(img)
         return img, int(self.labels[i])
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split: uint8 images ``(N, C, H, W)`` and int64 labels (what the resident path needs)."""
+        return self.images.permute(0, 3, 1, 2), self.labels
+
     def subset(self, indices) -> "ArrayDataset":
         idx = torch.as_tensor(indices, dtype=torch.int64)
         coords = None if self.coords is None else self.coords[idx.numpy()]

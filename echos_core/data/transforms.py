@@ -26,12 +26,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import AugmentConfig
+from ..config import SMALL_MAX, AugmentConfig
 
-__all__ = ["SMALL_MAX", "resize_uint8", "reflect_crop", "SmallTrainTransform", "ResizeNormalize",
+__all__ = ["SMALL_MAX", "resize_uint8", "reflect_index", "reflect_crop", "SmallTrainTransform", "ResizeNormalize",
            "train_transform", "val_transform", "imagefolder_transforms", "mixup_fn"]
-
-SMALL_MAX = 64  # inputs up to this side use the small (tensor) pipeline
 
 
 def resize_uint8(imgs: torch.Tensor, size: int) -> torch.Tensor:
@@ -45,15 +43,19 @@ def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
     return img if img.shape[-2:] == (size, size) else resize_uint8(img[None], size)[0]
 
 
+def reflect_index(n: int, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Source positions of a length-``n`` window at ``offsets`` (shape (B,)) into the reflect-padded
+    axis ``F.pad(..., (pad, pad), mode="reflect")``: shape (B, n), on ``offsets``' device."""
+    i = (torch.arange(n, device=offsets.device) + offsets[:, None] - pad).abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i).clamp_(0, n - 1)
+
+
 def reflect_crop(img: torch.Tensor, pad: int, dy: int, dx: int) -> torch.Tensor:
     """``F.pad(img, (pad,) * 4, mode="reflect")[:, dy:dy+H, dx:dx+W]`` by indexing (much faster per image)."""
     h, w = img.shape[-2:]
-
-    def index(n: int, offset: int) -> torch.Tensor:
-        i = (torch.arange(n) + offset - pad).abs()
-        return torch.where(i >= n, 2 * (n - 1) - i, i).clamp_(0, n - 1)
-
-    return img.index_select(-2, index(h, dy)).index_select(-1, index(w, dx))
+    rows = reflect_index(h, pad, torch.tensor([dy]))[0]
+    cols = reflect_index(w, pad, torch.tensor([dx]))[0]
+    return img.index_select(-2, rows).index_select(-1, cols)
 
 
 class ResizeNormalize:
