@@ -187,6 +187,24 @@ def test_kernel_mosaic_limits_and_labels(tmp_path):
         kernel_mosaic(w[0], tmp_path / "x.png")
 
 
+def test_kernel_mosaic_canvas_scales_each_kernel_and_separates_tiles():
+    import numpy as np
+
+    from echos_core.plots import mosaic_canvas
+
+    w = torch.randn(5, 3, 3)
+    w[1] *= 100.0  # a large kernel does not wash out the others
+    canvas = mosaic_canvas(w, ncols=3)
+    assert canvas.shape == (2 * 4 + 1, 3 * 4 + 1)
+    for i in range(5):
+        r, c = divmod(i, 3)
+        tile = canvas[1 + 4 * r:4 + 4 * r, 1 + 4 * c:4 + 4 * c]
+        np.testing.assert_allclose(tile, (w[i] / w[i].abs().max()).numpy(), rtol=1e-6)
+        assert np.abs(tile).max() == pytest.approx(1.0)
+    assert np.isnan(canvas[0]).all() and np.isnan(canvas[:, 4]).all()  # separators
+    assert np.isnan(canvas[5:8, 9:12]).all()  # no sixth kernel
+
+
 def test_kernels_uses_the_init_code_path(tmp_path, capsys):
     """The kernels drawn are the ones apply_init writes into a depthwise conv with the same seed."""
     from torch import nn
