@@ -44,14 +44,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         print(describe())
         return 0
-    from .trainer import load_checkpoint, train
-
     if args.config is None and args.resume is None:
         raise ConfigError("--config", None, "is required (or --resume a checkpoint, which carries its config)")
     if args.config is None:
+        from .trainer import load_checkpoint
+
         cfg = config_from_dict(apply_overrides(load_checkpoint(args.resume)["config"], args.overrides))
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)  # validated: a bad value stops here, before torch loads
+    from .trainer import train
+
     _log_to_stdout()
 
     run_kw = dict(run_dir=args.run_dir, resume_from=args.resume, progress=True)
@@ -182,14 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .trainer import TrainingDiverged
-
     try:
         return int(args.func(args) or 0)
     except ValueError as e:  # ConfigError and the one-line checks of models, inits and data
         print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except TrainingDiverged as e:
+    except RuntimeError as e:
+        trainer = sys.modules.get("echos_core.trainer")  # not imported: nothing was trained, nothing diverged
+        if trainer is None or not isinstance(e, trainer.TrainingDiverged):
+            raise
         print(f"{parser.prog}: error: training diverged: {_one_line(e)}", file=sys.stderr)
         return 1
 

@@ -9,11 +9,16 @@
 * :mod:`.cli`: ``echos analyze CHECKPOINT``.
 """
 
-from .kernels import (LABELS, NORMALISATIONS, Clustering, DogFit, LayerKernels, centre_surround_index,
-                      cluster_kernels, dense_layers, depthwise_layers, epoch_kernel_metrics, fit_dog,
-                      normalise_kernels)
-from .shapes import FAMILIES, ShapeFit, fit_shapes, shape_templates
-from .summary import Analysis, LayerSummary, analyse_layers, analyse_model, format_table, model_from_checkpoint
+import lazy_loader
+
+from .names import LABELS, NORMALISATIONS  # torch-free: the command line's choices
+
+__getattr__, __dir__, _ = lazy_loader.attach(__name__, submod_attrs={
+    "kernels": ["Clustering", "DogFit", "LayerKernels", "centre_surround_index", "cluster_kernels", "dense_layers",
+                "depthwise_layers", "epoch_kernel_metrics", "fit_dog", "normalise_kernels"],
+    "shapes": ["FAMILIES", "ShapeFit", "fit_shapes", "shape_templates"],
+    "summary": ["Analysis", "LayerSummary", "analyse_layers", "analyse_model", "format_table", "model_from_checkpoint"],
+})
 
 __all__ = [
     "LABELS", "NORMALISATIONS", "FAMILIES",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .kernels import NORMALISATIONS
+from .names import NORMALISATIONS
 
 __all__ = ["register"]
 

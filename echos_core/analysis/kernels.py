@@ -56,6 +56,7 @@ from torch import nn
 
 from ..dog import dog_kernels, max_gamma
 from ..inits import find_dense_convs, find_depthwise_convs
+from .names import LABELS, NORMALISATIONS
 
 __all__ = [
     "LABELS",
@@ -76,8 +77,6 @@ __all__ = [
     "epoch_kernel_metrics",
 ]
 
-LABELS = ("on", "off", "other")
-NORMALISATIONS = ("l2", "zscore", "none")
 FIXED_RADIUS = "fixed"  # pass as ``radius`` for r = (k + 1) / 4
 _EPS = 1e-12
 MIN_THRESHOLD = 0.2  # the automatic naming threshold is max(MIN_THRESHOLD, CHANCE_CSI / k)

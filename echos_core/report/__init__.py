@@ -9,10 +9,14 @@
 * :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
 """
 
-from .build import Report, analyse, build_report
-from .load import ReportError, SweepRuns, load_sweep, parse_param
-from .stats import (arm_keys, arm_order, arm_summary, assign_arms, final_values, holm, on_ratio_contrasts,
-                    on_ratio_trend, paired_differences, t_interval)
+import lazy_loader  # pandas and SciPy load when a report is built, not with the command line
+
+__getattr__, __dir__, _ = lazy_loader.attach(__name__, submod_attrs={
+    "build": ["Report", "analyse", "build_report"],
+    "load": ["ReportError", "SweepRuns", "load_sweep", "parse_param"],
+    "stats": ["arm_keys", "arm_order", "arm_summary", "assign_arms", "final_values", "holm", "on_ratio_contrasts",
+              "on_ratio_trend", "paired_differences", "t_interval"],
+})
 
 __all__ = [
     "ReportError", "SweepRuns", "load_sweep", "parse_param",
