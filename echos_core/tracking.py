@@ -4,7 +4,8 @@ Everything goes through :class:`mlflow.MlflowClient` with explicit run ids; noth
 touches MLflow's fluent "active run" global, so several runs can be logged from one
 process (the sweep driver) or from many (Ray trial workers on several nodes).
 
-* params: the resolved config, flattened to dotted keys (``init.on_ratio``), as strings;
+* params: the resolved config, flattened to dotted keys (``init.on_ratio``), as strings; of the
+  ``init.*`` keys only the ones the run's init scheme reads (:func:`echos_core.registry.applicable_keys`);
 * metrics: one batch per epoch, ``step = metrics['epoch']``; non-numeric values are skipped;
 * tags: whatever the caller passes (``echos.*``, versions, git revision), plus
   ``mlflow.parentRunId`` when the run is nested under a parent (a sweep).
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from .config import flatten
+from .registry import INIT_SCHEMES, applicable_keys
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -34,6 +36,7 @@ __all__ = [
     "end_run",
     "delete_run",
     "param_value",
+    "run_params",
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -79,6 +82,18 @@ def param_value(v: Any) -> str:
     else:
         s = str(v)
     return s[:_MAX_PARAM_LEN]
+
+
+def run_params(config: Mapping) -> dict[str, Any]:
+    """The params of a run: ``config`` flattened, without the ``init.*`` keys its init scheme does not read.
+
+    (A config without a registered ``init.scheme``, such as a sweep's parent run, keeps every key.)"""
+    flat = flatten(dict(config))
+    scheme = flat.get("init.scheme")
+    if scheme not in INIT_SCHEMES:
+        return flat
+    keep = set(applicable_keys(scheme))
+    return {k: v for k, v in flat.items() if not k.startswith("init.") or k == "init.scheme" or k in keep}
 
 
 def _client(tracking_uri: str):
@@ -186,7 +201,7 @@ class MlflowRun:
             logged_params = dict(run.data.params)
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self.set_tags(all_tags)
-        params = [Param(k, param_value(v)) for k, v in flatten(dict(config)).items() if k not in logged_params]
+        params = [Param(k, param_value(v)) for k, v in run_params(config).items() if k not in logged_params]
         for chunk in _chunks(params, _MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk, synchronous=True)
         self._ended = False

@@ -10,6 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Optional
 
+from ..registry import baselines, scheme_names
+
 __all__ = ["register"]
 
 
@@ -30,8 +32,8 @@ def register(sub) -> None:
                                                     "'all' pools every invocation, one trial per arm and seed)")
     p.add_argument("--out", "-o", metavar="DIR", default="results", help="parent folder (default results/); the "
                                                                          "report goes to DIR/<sweep>/")
-    p.add_argument("--baselines", nargs="+", metavar="SCHEME", default=["kaiming", "default"],
-                   help="init schemes every DoG arm is compared with (default: kaiming default)")
+    p.add_argument("--baselines", nargs="+", metavar="SCHEME", default=list(baselines()),
+                   help=f"init schemes every DoG arm is compared with (default: {' '.join(baselines())})")
     p.add_argument("--metric", default="val_top1", help="metric compared at the final epoch (default val_top1; "
                                                         "lower is better for *loss*)")
     p.add_argument("--reference-on-ratio", type=float, default=0.5, metavar="R",
@@ -65,14 +67,13 @@ def _spec_target(sweep: str) -> Optional[Path]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..config import INIT_SCHEMES
     from ..sweep.spec import default_tracking_uri
     from ..tracking import resolve_tracking_uri
     from .load import ReportError
 
-    unknown = [b for b in args.baselines if b not in INIT_SCHEMES]
+    unknown = [b for b in args.baselines if b not in scheme_names()]
     if unknown:
-        raise ReportError(f"--baselines {' '.join(unknown)}: unknown init scheme; known: {', '.join(INIT_SCHEMES)}")
+        raise ReportError(f"--baselines {' '.join(unknown)}: unknown init scheme; known: {', '.join(scheme_names())}")
     if not 0.0 <= args.reference_on_ratio <= 1.0:
         raise ReportError(f"--reference-on-ratio={args.reference_on_ratio}: must be in [0, 1]")
 
@@ -118,7 +119,7 @@ def _regenerate_command(args: argparse.Namespace) -> str:
         parts += ["--sweep-id", args.sweep_id]
     if args.out != "results":
         parts += ["--out", args.out]
-    if list(args.baselines) != ["kaiming", "default"]:
+    if list(args.baselines) != list(baselines()):
         parts += ["--baselines", *args.baselines]
     if args.metric != "val_top1":
         parts += ["--metric", args.metric]
