@@ -67,7 +67,6 @@ def _spec_target(sweep: str) -> Optional[Path]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..sweep.spec import default_tracking_uri
     from ..tracking import resolve_tracking_uri
     from .load import ReportError
 
@@ -85,7 +84,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             raise ReportError(f"SWEEP {args.sweep}: no such spec file (give a sweep name or an existing spec)")
         spec = load_spec(spec_path, check_configs=False)
         name, experiment, spec_uri = spec.name, experiment or spec.experiment, spec.tracking_uri
-    tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri or default_tracking_uri())
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri)
 
     from .build import build_report
     from .load import load_sweep
@@ -151,9 +150,9 @@ def _logged_spec_name(runs) -> Optional[str]:
     if not runs.parents:
         return None
     try:
-        from mlflow import MlflowClient
+        from ..tracking import mlflow_client
 
-        arts = MlflowClient(tracking_uri=runs.tracking_uri).list_artifacts(runs.parents[-1]["run_id"])
+        arts = mlflow_client(runs.tracking_uri).list_artifacts(runs.parents[-1]["run_id"])
     except Exception:  # artifacts are a convenience here, never a reason to fail the report
         return None
     names = [a.path for a in arts if not a.is_dir and a.path.endswith((".yaml", ".yml"))]
