@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..registry import baselines as registry_baselines
 from .load import SweepRuns
 from .markdown import render_report
 from .plots import has_cluster_fractions, plot_cluster_fractions, plot_learning_curves, plot_metric_vs
@@ -43,10 +44,11 @@ class Report:
     files: list[Path] = field(default_factory=list)
 
 
-def analyse(runs: SweepRuns, baselines: Sequence[str] = ("kaiming", "default"),
+def analyse(runs: SweepRuns, baselines: Optional[Sequence[str]] = None,
             reference_on_ratio: float = 0.5) -> Report:
     """All the statistics of a report, without writing anything."""
     metric = runs.metric
+    baselines = registry_baselines() if baselines is None else baselines
     trials = assign_arms(runs.trials)
     arms = arm_summary(trials, metric)
     tables = [paired_differences(trials, b, metric) for b in baselines]
@@ -63,7 +65,7 @@ def analyse(runs: SweepRuns, baselines: Sequence[str] = ("kaiming", "default"),
                   reference_on_ratio=reference_on_ratio, n_comparisons=int(np.isfinite(p_all).sum()))
 
 
-def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Sequence[str] = ("kaiming", "default"),
+def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Optional[Sequence[str]] = None,
                  reference_on_ratio: float = 0.5, command: Optional[str] = None,
                  rerun_command: Optional[str] = None) -> Report:
     """Write ``trials.csv``, ``arms.csv``, ``paired.csv``, the figures and ``report.md`` into ``out_dir``."""
