@@ -178,3 +178,26 @@ def test_resident_resume_is_exact(cfg_dict, tmp_path):
             assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), key
     wa, wb = load_checkpoint(full.run_dir)["model"], load_checkpoint(resumed.run_dir)["model"]
     assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-6
+
+
+# --------------------------------------------------------------------------- the per-sample loader
+
+
+def test_per_sample_loader_keeps_workers_and_stays_a_function_of_seed_and_epoch(tmp_path):
+    cfg = data_cfg(tmp_path, pipeline="loader", augment={"hflip": 0.5, "crop_padding": 2, "random_erasing": 0.5,
+                                                         "randaugment": "rand-m9-mstd0.5"})
+    data = build_data(cfg)
+
+    def epoch(loader, e):
+        return [(x.clone(), y.clone()) for x, y in loader.set_epoch(e)]
+
+    fresh = {e: epoch(make_loader(data.train, 16, shuffle=True, seed=1, epoch=e), e) for e in (1, 2)}
+    kept = make_loader(data.train, 16, shuffle=True, seed=1, epoch=1, num_workers=2)
+    assert kept.persistent_workers
+    first, second = epoch(kept, 1), epoch(kept, 2)
+    workers = kept._iterator._workers  # the same processes served both epochs
+    assert epoch(kept, 1) and kept._iterator._workers is workers
+    for e, got in ((1, first), (2, second)):  # workers or not, kept or fresh: the same batches
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, fresh[e]))
+    assert not torch.equal(first[0][0], second[0][0])
+    assert data.loader("train", 16, seed=1, epoch=1, num_workers=0) is data.loader("train", 16, seed=1, epoch=2)

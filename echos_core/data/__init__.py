@@ -66,6 +66,7 @@ class DataBundle:
     pipeline: str = "loader"  # "resident" or "loader" (data.pipeline decided)
     augment: Optional[Any] = None  # the AugmentConfig, for the resident path
     _resident: dict = field(default_factory=dict, repr=False)  # (split, device) -> ResidentSplit
+    _loaders: dict = field(default_factory=dict, repr=False)  # per-sample loaders, reused across epochs
 
     def loader(self, split: str, batch_size: int, *, seed: int, epoch: int, device="cpu",
                num_workers: int = 0) -> Iterable:
@@ -73,9 +74,12 @@ class DataBundle:
         on the bundle's pipeline.  Resident batches are already on ``device``."""
         train = split == "train"
         ds = self.train if train else self.val
-        if self.pipeline != "resident":
-            return make_loader(ds, batch_size, shuffle=train, seed=seed, epoch=epoch,
-                               num_workers=num_workers, drop_last=train)
+        if self.pipeline != "resident":  # one loader per split: its workers live across epochs
+            key = (split, batch_size, seed, num_workers)
+            if key not in self._loaders:
+                self._loaders[key] = make_loader(ds, batch_size, shuffle=train, seed=seed, epoch=epoch,
+                                                 num_workers=num_workers, drop_last=train)
+            return self._loaders[key].set_epoch(epoch)
         from .resident import ResidentLoader, ResidentSplit
 
         key = (split, str(device))

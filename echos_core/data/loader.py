@@ -1,46 +1,49 @@
-"""Data loaders whose every random draw is a function of (seed, epoch).
+"""Per-sample data loaders whose every random draw is a function of (seed, epoch).
 
 ``make_loader(ds, bs, shuffle=True, seed=s, epoch=e)`` gives the same batches, in the
 same order, with the same augmentation, every time it is iterated, in this process or
-another: a resumed run sees exactly the batches of an uninterrupted one.
+another, with any number of workers: a resumed run sees exactly the batches of an
+uninterrupted one.  ``loader.set_epoch(e)`` moves a loader to another epoch; its worker
+processes live across epochs (``persistent_workers``, as timm's ``MultiEpochsDataLoader``).
 
-* Order: a ``torch.Generator`` seeded from (seed, epoch) drives the sampler, and is
-  re-seeded each time iteration starts.
-* Augmentation, ``num_workers == 0``: timm's transforms and mixup draw from the global
-  ``random``, NumPy and torch generators, so a shuffled (training) loader seeds those
-  three from (seed, epoch) when iteration starts.  Everything else that draws from them
-  during the epoch in the same process (dropout, drop path, mixup) becomes a function
-  of (seed, epoch) too.  Unshuffled (evaluation) loaders leave the globals alone.
-* Augmentation, ``num_workers > 0``: torch seeds ``random``, NumPy and torch in each
-  worker from a base seed drawn from the loader's generator, hence from (seed, epoch).
-  The main process is seeded as above.
+* Order: :func:`epoch_order`, a permutation drawn from a generator seeded from (seed, epoch).
+* Augmentation: timm's transforms draw from the global ``random``, NumPy and torch
+  generators.  Every training batch carries a seed, a function of (seed, epoch, batch
+  number); whichever process builds the batch (a worker or the main process) seeds those
+  three generators with it first.  So augmentation does not depend on the number of
+  workers nor on what a persistent worker did in earlier epochs.
+* The main process: a shuffled (training) loader also seeds the three global generators
+  from (seed, epoch) when iteration starts, so everything else that draws from them during
+  the epoch (dropout, drop path, mixup) is a function of (seed, epoch) too.  Unshuffled
+  (evaluation) loaders leave the globals alone and seed nothing.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["epoch_seed", "epoch_order", "seed_globals", "EpochLoader", "make_loader"]
 
-_ORDER, _GLOBALS = 0, 1  # independent streams derived from the same (seed, epoch)
+_ORDER, _GLOBALS, _AUGMENT = 0, 1, 2  # independent streams derived from the same (seed, epoch)
 
 
-def epoch_seed(seed: int, epoch: int, stream: int = _ORDER) -> int:
-    """A 63-bit seed that is a pure function of (seed, epoch, stream)."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint32)
+def epoch_seed(seed: int, epoch: int, stream: int = _ORDER, *more: int) -> int:
+    """A 63-bit seed that is a pure function of (seed, epoch, stream, *more)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(stream), *map(int, more)]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which a shuffled :class:`EpochLoader` of ``n`` items serves them at (seed, epoch).
+    """The order in which a shuffled loader of ``n`` items serves them at (seed, epoch).
 
-    torch's ``DataLoader`` first draws its workers' base seed from the loader's generator, then
-    ``RandomSampler`` draws ``randperm(n)`` from it; the resident path uses this function to
-    serve the same order (tests/test_speed.py checks that the two agree).
+    The permutation a ``DataLoader`` with ``RandomSampler`` drew from a generator seeded with
+    ``epoch_seed(seed, epoch)`` (it first draws its workers' base seed, then ``randperm(n)``);
+    the per-sample and the resident path both serve it (tests/test_speed.py).
     """
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     torch.empty((), dtype=torch.int64).random_(generator=g)
@@ -54,29 +57,70 @@ def seed_globals(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _EpochBatches(Sampler):
+    """Batches of ``(index, batch seed)``: :func:`epoch_order` (or 0..n-1), the seed None when unshuffled."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, epoch: int):
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed, self.epoch = int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list]:
+        order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
+        for b in range(len(self)):
+            s = epoch_seed(self.seed, self.epoch, _AUGMENT, b) if self.shuffle else None
+            yield [(i, s) for i in order[b * self.batch_size:(b + 1) * self.batch_size].tolist()]
+
+
+class _SeededFetch(Dataset):
+    """``dataset`` fetched by ``(index, batch seed)`` keys: the globals are seeded once per batch."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, keys: list) -> list:
+        if keys and keys[0][1] is not None:
+            seed_globals(keys[0][1])
+        return [self.dataset[i] for i, _ in keys]
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+
 class EpochLoader(DataLoader):
-    """A ``DataLoader`` whose order and augmentation are fixed by (seed, epoch)."""
+    """A ``DataLoader`` whose order and augmentation are fixed by (seed, epoch); see the module docstring."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
                  num_workers: int = 0, drop_last: bool = False, **kwargs):
-        generator = torch.Generator()
-        generator.manual_seed(epoch_seed(seed, epoch))
-        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                         drop_last=drop_last, generator=generator, **kwargs)
-        self.seed = int(seed)
-        self.epoch = int(epoch)
-        self.shuffle = bool(shuffle)
+        batches = _EpochBatches(len(dataset), batch_size, shuffle, drop_last, seed, epoch)
+        super().__init__(_SeededFetch(dataset), batch_sampler=batches, num_workers=num_workers,
+                         persistent_workers=num_workers > 0, **kwargs)
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+
+    @property
+    def epoch(self) -> int:
+        return self.batch_sampler.epoch
+
+    def set_epoch(self, epoch: int) -> "EpochLoader":
+        self.batch_sampler.epoch = int(epoch)
+        return self
 
     def __iter__(self):
-        self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
         if self.shuffle:
             seed_globals(epoch_seed(self.seed, self.epoch, _GLOBALS))
         return super().__iter__()
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A loader for one epoch: batches and augmentation are a pure function of (seed, epoch)."""
-    return EpochLoader(dataset, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
-                       num_workers=num_workers, drop_last=drop_last,
-                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+                num_workers: int = 0, drop_last: bool = False,
+                pin_memory: Optional[bool] = None) -> EpochLoader:
+    """A loader for one epoch (``set_epoch`` for the next): batches and augmentation are a pure
+    function of (seed, epoch)."""
+    return EpochLoader(dataset, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, num_workers=num_workers,
+                       drop_last=drop_last,
+                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)

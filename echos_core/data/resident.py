@@ -13,7 +13,7 @@ What a training batch goes through, all batched on the device:
   both paths see the same images in the same batches;
 * crop with reflect padding and horizontal flip: offsets ``dy, dx`` uniform on
   ``0 .. 2 * pad`` and a flip with probability ``hflip``, one draw per image from a CPU
-  generator seeded with ``epoch_seed(seed, epoch, 2)``.  The pixels equal
+  generator seeded with ``epoch_seed(seed, epoch, _AUGMENT)``.  The pixels equal
   ``reflect_crop`` (+ ``flip``) of the per-sample path for the same draw; the draws have the
   same distribution but come from this generator rather than from torch's global one
   (tests/test_resident.py checks both);
@@ -35,12 +35,10 @@ from typing import Iterator, Optional
 import torch
 
 from ..config import AugmentConfig
-from .loader import _GLOBALS, epoch_order, epoch_seed, seed_globals
+from .loader import _AUGMENT, _GLOBALS, epoch_order, epoch_seed, seed_globals
 from .transforms import reflect_index, resize_uint8
 
 __all__ = ["ResidentSplit", "ResidentLoader", "draw_crop_flip", "crop_flip"]
-
-_AUGMENT = 2  # the (seed, epoch) stream of crop offsets and flips (0: order, 1: global generators)
 
 
 class ResidentSplit:
