@@ -2,7 +2,7 @@
 # uv (from PyPI, if missing) and then the exact locked stack from uv.lock into .venv.
 UV ?= python3 -m uv
 
-.PHONY: bootstrap demo test test-fast results
+.PHONY: bootstrap demo test test-fast results bench
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -27,3 +27,7 @@ results: bootstrap
 	$(UV) run --frozen echos other-kernels onoff_ratio --out results/other_kernels
 	$(UV) run --frozen echos sweep sweeps/digits.yaml
 	$(UV) run --frozen echos report digits --out results
+
+## Speed figures (a)-(g) of issue 7, measured side by side (benchmarks/README.md); BENCH_ARGS=--device cuda on a GPU.
+bench: bootstrap
+	$(UV) run --frozen python benchmarks/bench.py $(BENCH_ARGS)
