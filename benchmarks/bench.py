@@ -261,6 +261,7 @@ def fig_e(args, device) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="echos-bench-sweep-"))
     base = onoff_config("cpu", args.quick, data={"train_limit": 640, "val_limit": 256}, train={"epochs": 2})
     base["train"].pop("threads")
+    base.pop("seed")
     trials = 4
     spec = {"name": "bench", "base": base, "space": {"init.on_ratio": {"type": "grid", "values": [0.0, 0.5]}},
             "search": "grid", "scheduler": "none", "max_concurrent": 1, "metric": "val_top1", "mode": "max",
