@@ -8,11 +8,13 @@ torch, timm, Ray and MLflow load only where they are used.
 
 import lazy_loader
 
+from . import inits as _inits  # registers the built-in init schemes (torch itself loads on first use)
 from .config import Config, load_config
 
 __getattr__, __dir__, _ = lazy_loader.attach(__name__, submod_attrs={
     "dog": ["dog_kernel", "dog_kernels"],
-    "inits": ["apply_init", "INIT_SCHEMES"],
+    "inits": ["apply_init"],
+    "registry": ["INIT_SCHEMES"],
     "trainer": ["train"],
     "models": ["create_model"],
     "data": ["build_data"],

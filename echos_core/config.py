@@ -137,7 +137,7 @@ class DataConfig:
         int_range(f"{p}.fake_size", self.fake_size, 4, None)
         int_range(f"{p}.fake_classes", self.fake_classes, 2, None)
         self.augment.validate(f"{p}.augment")
-        _choice(f"{p}.pipeline", self.pipeline, PIPELINES)
+        choice(f"{p}.pipeline", self.pipeline, PIPELINES)
         if self.pipeline == "resident" and self.resident_blockers():
             field_name, value, why = self.resident_blockers()[0]
             raise ConfigError(f"{p}.{field_name}", value, f"data.pipeline=resident cannot do this: {why}")

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import math
 
-import torch
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # imported on first use: echos_core (and its init registry) load without it
 
 __all__ = ["dog_kernel", "dog_kernels", "check_dog", "max_gamma", "NORMALISATIONS"]
 

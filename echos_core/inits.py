@@ -32,8 +32,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-import torch
-from torch import nn
+import lazy_loader
+
+# Imported on first use: the schemes register (and configs validate) without loading torch.
+torch = lazy_loader.load("torch")
 
 from .config import InitConfig
 from .dog import check_dog, dog_kernels
@@ -57,19 +59,19 @@ __all__ = [
 # --------------------------------------------------------------------------- finding convolutions
 
 
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.in_channels > 1 and m.groups == m.in_channels and m.weight.shape[1] == 1
+def _is_depthwise(m: torch.nn.Module) -> bool:
+    return isinstance(m, torch.nn.Conv2d) and m.in_channels > 1 and m.groups == m.in_channels and m.weight.shape[1] == 1
 
 
-def find_depthwise_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+def find_depthwise_convs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Conv2d]]:
     """Every depthwise ``nn.Conv2d`` (one input channel per kernel), with its qualified name."""
     return [(n, m) for n, m in model.named_modules() if _is_depthwise(m)]
 
 
-def find_dense_convs(model: nn.Module, min_kernel: int = 2) -> list[tuple[str, nn.Conv2d]]:
+def find_dense_convs(model: torch.nn.Module, min_kernel: int = 2) -> list[tuple[str, torch.nn.Conv2d]]:
     """Regular (``groups == 1``) spatial convolutions, for comparison with the depthwise ones."""
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.groups == 1 and min(m.kernel_size) >= min_kernel]
+            if isinstance(m, torch.nn.Conv2d) and m.groups == 1 and min(m.kernel_size) >= min_kernel]
 
 
 # --------------------------------------------------------------------------- reports
@@ -112,7 +114,7 @@ class InitReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _kernel_size(conv: nn.Conv2d) -> int:
+def _kernel_size(conv: torch.nn.Conv2d) -> int:
     kh, kw = conv.kernel_size
     return kh if kh == kw else -1
 
@@ -121,7 +123,7 @@ def _rms_norm(w: torch.Tensor) -> float:
     return float(w.flatten(1).norm(dim=1).pow(2).mean().sqrt()) if w.shape[0] else 0.0
 
 
-def _kaiming_norm(conv: nn.Conv2d) -> float:
+def _kaiming_norm(conv: torch.nn.Conv2d) -> float:
     """Expected L2 norm of one Kaiming-normal (fan-in, ReLU) kernel: gain * sqrt(k*k / fan_in)."""
     kh, kw = conv.kernel_size
     fan_in = conv.weight.shape[1] * kh * kw
@@ -141,7 +143,7 @@ def _rescale(kernels: torch.Tensor, target_norm: float | None) -> torch.Tensor:
     return kernels * (target_norm / norms)[:, None, None]
 
 
-def _target_norm(cfg: InitConfig, conv: nn.Conv2d, norm_before: float, unit: float | None) -> float | None:
+def _target_norm(cfg: InitConfig, conv: torch.nn.Conv2d, norm_before: float, unit: float | None) -> float | None:
     if cfg.scale == "unit":
         return unit
     if cfg.scale == "kaiming":
@@ -149,7 +151,7 @@ def _target_norm(cfg: InitConfig, conv: nn.Conv2d, norm_before: float, unit: flo
     return norm_before  # match
 
 
-def _write(conv: nn.Conv2d, idx: torch.Tensor, kernels: torch.Tensor, cfg: InitConfig, g: torch.Generator) -> None:
+def _write(conv: torch.nn.Conv2d, idx: torch.Tensor, kernels: torch.Tensor, cfg: InitConfig, g: torch.Generator) -> None:
     if cfg.noise > 0 and kernels.numel():
         rms = kernels.flatten(1).pow(2).mean(dim=1).sqrt()[:, None, None]
         kernels = kernels + cfg.noise * rms * torch.randn(kernels.shape, generator=g, dtype=kernels.dtype)
@@ -158,7 +160,7 @@ def _write(conv: nn.Conv2d, idx: torch.Tensor, kernels: torch.Tensor, cfg: InitC
         w[idx, 0] = kernels.to(device=w.device, dtype=w.dtype)
 
 
-def _report(name: str, conv: nn.Conv2d, changed: int, on: int, off: int, before: float) -> LayerReport:
+def _report(name: str, conv: torch.nn.Conv2d, changed: int, on: int, off: int, before: float) -> LayerReport:
     return LayerReport(name=name, kernel_size=_kernel_size(conv), kernels=conv.weight.shape[0], changed=changed,
                        on=on, off=off, norm_before=before, norm_after=_rms_norm(conv.weight.detach()))
 
@@ -168,7 +170,7 @@ def _report(name: str, conv: nn.Conv2d, changed: int, on: int, off: int, before:
 
 @register_init("dog", keys=("init.gamma_low", "init.gamma_high", "init.on_ratio", "init.scale",
                              "init.fraction", "init.noise", "init.normalisation"))
-def init_dog_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
+def init_dog_(conv: torch.nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
     k = _kernel_size(conv)
     w = conv.weight.detach()
     before = _rms_norm(w)
@@ -185,7 +187,7 @@ def init_dog_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = 
 
 
 @register_init("kaiming", keys=("init.fraction",), baseline=True)
-def init_kaiming_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
+def init_kaiming_(conv: torch.nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
     w = conv.weight.detach()
     before = _rms_norm(w)
     idx = _choose(w.shape[0], cfg.fraction, g)
@@ -198,7 +200,7 @@ def init_kaiming_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: st
 
 
 @register_init("default", baseline=True)
-def init_default_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
+def init_default_(conv: torch.nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
     before = _rms_norm(conv.weight.detach())
     return _report(name, conv, 0, 0, 0, before)
 
@@ -215,7 +217,7 @@ def random_field_kernels(n: int, kernel_size: int, length_scale: float, g: torch
 
 
 @register_init("random-field", keys=("init.scale", "init.fraction", "init.noise", "init.length_scale"))
-def init_random_field_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
+def init_random_field_(conv: torch.nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
     kh, kw = conv.kernel_size
     w = conv.weight.detach()
     before = _rms_norm(w)
@@ -231,7 +233,7 @@ def init_random_field_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, nam
 # --------------------------------------------------------------------------- entry points
 
 
-def check_init(model: nn.Module, cfg: InitConfig) -> list[tuple[str, nn.Conv2d]]:
+def check_init(model: torch.nn.Module, cfg: InitConfig) -> list[tuple[str, torch.nn.Conv2d]]:
     """Validate ``cfg`` against ``model`` before any weight is touched; returns the depthwise convs.
 
     Raises :class:`ConfigError` (one line) for an unknown scheme, a model without depthwise convolutions,
@@ -241,7 +243,7 @@ def check_init(model: nn.Module, cfg: InitConfig) -> list[tuple[str, nn.Conv2d]]
     convs = find_depthwise_convs(model)
     if not convs:
         raise ConfigError(f"model {type(model).__name__}: has no depthwise convolutions "
-                         "(nn.Conv2d with groups == in_channels); echos inits only depthwise kernels")
+                         "(torch.nn.Conv2d with groups == in_channels); echos inits only depthwise kernels")
     if cfg.scheme == "dog":
         for name, conv in convs:
             k = _kernel_size(conv)
@@ -255,7 +257,7 @@ def check_init(model: nn.Module, cfg: InitConfig) -> list[tuple[str, nn.Conv2d]]
     return convs
 
 
-def apply_init(model: nn.Module, cfg: InitConfig, seed: int | torch.Generator = 0) -> InitReport:
+def apply_init(model: torch.nn.Module, cfg: InitConfig, seed: int | torch.Generator = 0) -> InitReport:
     """Initialise every depthwise convolution of ``model`` in place with scheme ``cfg.scheme``."""
     convs = check_init(model, cfg)
     g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
@@ -266,7 +268,7 @@ def apply_init(model: nn.Module, cfg: InitConfig, seed: int | torch.Generator = 
     return report
 
 
-def depthwise_kernels(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+def depthwise_kernels(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     """(name, weight (n, k, k)) of every depthwise conv, detached on CPU."""
     for name, conv in find_depthwise_convs(model):
         yield name, conv.weight.detach().float().cpu()[:, 0]
