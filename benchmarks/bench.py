@@ -36,9 +36,9 @@ HEAVY = {"hflip": 0.5, "crop_padding": 2, "randaugment": "rand-m9-mstd0.5-inc1",
 # --------------------------------------------------------------------------- measuring
 
 
-def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int, warmup: bool = True) -> dict[str, list[float]]:
     """Each variant returns its own measurement; one warm-up round, then ``rounds`` interleaved rounds."""
-    for fn in variants.values():
+    for fn in variants.values() if warmup else ():
         fn()
     out: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
@@ -204,7 +204,7 @@ def fig_c(args, device) -> None:
         return timed
 
     rounds = 1 if args.quick else args.trial_rounds
-    r = interleaved({"old": run(old), "new": run(new)}, rounds)
+    r = interleaved({"old": run(old), "new": run(new)}, rounds, warmup=False)  # long runs: warm after (a), (b)
     value = statistics.median([a / b for a, b in zip(r["new"], r["old"])])
     print(f"(c) {epochs}-epoch onoff_ratio trial: old (contiguous, per-sample loader) {spread(r['old'], digits=1)}, "
           f"new default {spread(r['new'], digits=1)} -> new/old {ratio(r['new'], r['old'])}; {verdict(value, 0.6)}")
