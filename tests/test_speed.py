@@ -201,3 +201,14 @@ def test_per_sample_loader_keeps_workers_and_stays_a_function_of_seed_and_epoch(
         assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, fresh[e]))
     assert not torch.equal(first[0][0], second[0][0])
     assert data.loader("train", 16, seed=1, epoch=1, num_workers=0) is data.loader("train", 16, seed=1, epoch=2)
+
+
+def test_bf16_autocast_runs_the_same_code_path_on_cpu(cfg_dict, tmp_path):
+    """train.amp=bf16 with channels_last and the resident path, as on CUDA, here on the CPU."""
+    runs = {}
+    for amp in ("bf16", "off"):
+        cfg = run_cfg(cfg_dict, data={"pipeline": "resident"},
+                      train={"epochs": 1, "steps_per_epoch": 3, "amp": amp, "channels_last": "on"})
+        runs[amp] = train(cfg, tmp_path / amp).history[0]
+    assert runs["bf16"]["train_loss"] == pytest.approx(runs["off"]["train_loss"], abs=0.05)
+    assert runs["bf16"]["train_loss"] != runs["off"]["train_loss"]  # bf16 did run: not bit-identical
