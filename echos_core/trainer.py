@@ -2,9 +2,9 @@
 
 Order of work (every error is raised before the first optimiser step):
 
-1. validate the config, read the checkpoint to resume from (if any);
-2. build data (``echos_core.data.build_data``) and the model (``echos_core.models.create_model``);
-3. ``check_init`` then ``apply_init`` with the run seed; the report goes to ``init_report.json``;
+1. read the checkpoint to resume from (if any); the config arrives validated;
+2. :func:`echos_core.build.build_run`: seed, data, model, init (the report goes to ``init_report.json``);
+3. check the batch size against the data;
 4. train: AdamW (no weight decay on norms, biases, 1-d params), per-step linear warm-up then
    cosine to ``min_lr``, label smoothing (soft-target cross-entropy under mixup/CutMix),
    gradient clipping, bf16 autocast and channels-last on CUDA;
@@ -47,7 +47,7 @@ import yaml
 from torch import nn
 
 from .config import Config, ConfigError, config_to_dict, flatten
-from .inits import apply_init, check_init
+from .build import build_run
 from .runinfo import environment
 
 __all__ = [
@@ -98,12 +98,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
 
 
 # --------------------------------------------------------------------------- RNG and checkpoints
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def _rng_state() -> dict:
@@ -257,7 +251,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, *,
     checkpoint file, checkpoint folder or run folder; the run continues exactly where it stopped.
     Raises :class:`TrainingDiverged` on a non-finite loss.
     """
-    cfg.validate()
     threads = torch.get_num_threads()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
@@ -271,8 +264,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     from timm.loss import SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
 
-    from .data import build_data, make_loader
-    from .models import create_model
+    from .data import make_loader
 
     # ---- 1. everything that can be wrong is checked before compute
     tc = cfg.train
@@ -282,8 +274,8 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     device = _device(cfg)
     run_dir = _resolve_run_dir(cfg, run_dir, ckpt)
 
-    seed_everything(cfg.seed)
-    data = build_data(cfg)
+    built = build_run(cfg)
+    data, model, report = built.data, built.model, built.init_report
     n_train = len(data.train)
     if tc.batch_size > n_train:
         raise ConfigError("train.batch_size", tc.batch_size, f"must be <= the number of training images ({n_train})")
@@ -295,10 +287,6 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     total_steps = tc.epochs * steps_per_epoch
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
 
-    model = create_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                         image_size=cfg.data.image_size)
-    check_init(model, cfg.init)
-    report = apply_init(model, cfg.init, cfg.seed)
     log.info(report.summary() + _on_off(report))
     log.info(f"data: {data.description}")
 
