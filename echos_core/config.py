@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
+from .dog import NORMALISATIONS
 from .registry import scheme_names
 from .validation import ConfigError, choice, float_range, int_range, is_int, nonempty
 
@@ -133,7 +134,6 @@ class DataConfig:
 
 
 SCALE_RULES = ("unit", "kaiming", "match")
-NORMALISATIONS = ("lobe", "oocs")
 
 
 @dataclass

@@ -8,7 +8,6 @@ import torch
 import yaml
 
 from echos_core import build as build_mod
-from echos_core import trainer as trainer_mod
 from echos_core.config import ConfigError, config_from_dict, config_to_dict
 from echos_core.inits import apply_init, find_depthwise_convs
 from echos_core.trainer import TrainingDiverged, load_checkpoint, lr_factor, train

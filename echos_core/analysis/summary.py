@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .kernels import (LABELS, NORMALISATIONS, LayerKernels, centre_surround_index, cluster_kernels, dense_layers,
+from .kernels import (LABELS, LayerKernels, check_normalisation, centre_surround_index, cluster_kernels, dense_layers,
                       depthwise_layers, fit_dog)
 from .shapes import FAMILIES, fit_shapes
 
@@ -103,8 +103,7 @@ def analyse_layers(layers: list[LayerKernels], *, n_clusters: int = 3, normalise
     Returns per-layer summaries, per-group cluster records, per-kernel arrays (concatenated in
     layer order) and the kernels themselves (one array per layer, for mosaics).
     """
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise={normalise!r}: must be one of {', '.join(NORMALISATIONS)}")
+    check_normalisation(normalise)  # before any fit
     layers = [layer for layer in layers if len(layer)]
     if per_layer:
         groups = [[i] for i in range(len(layers))]
