@@ -32,8 +32,6 @@ import json
 import logging
 import math
 import os
-import random
-import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -46,25 +44,21 @@ import torch
 import yaml
 from torch import nn
 
-from .config import Config, ConfigError, config_to_dict, flatten
 from .build import build_run
+from .checkpoint import (CHECKPOINT_FORMAT, epoch_dirs, load_checkpoint, rng_state, run_dir_of, save_checkpoint,
+                         set_rng_state)
+from .config import Config, ConfigError, config_to_dict, flatten
 from .runinfo import environment
 
 __all__ = [
     "TrainingDiverged",
     "TrainResult",
     "train",
-    "find_checkpoint",
-    "load_checkpoint",
     "lr_factor",
-    "CHECKPOINT_FILE",
 ]
 
 log = logging.getLogger("echos")
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-_EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 # Sections that define *what* is trained; a checkpoint only resumes a config that agrees on them.
 _RESUME_MUST_MATCH = ("model", "data", "init", "seed")
 
@@ -95,78 +89,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# --------------------------------------------------------------------------- RNG and checkpoints
-
-
-def _rng_state() -> dict:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
-        for i, s in enumerate(cuda):
-            torch.cuda.set_rng_state(s, i)
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file for ``path``: a ``checkpoint.pt`` file, a checkpoint folder holding one,
-    or a run folder (its newest ``checkpoints/epoch_*``)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if (p / CHECKPOINT_FILE).is_file():
-        return p / CHECKPOINT_FILE
-    epochs = _epoch_dirs(p / "checkpoints")
-    if epochs and (epochs[-1] / CHECKPOINT_FILE).is_file():
-        return epochs[-1] / CHECKPOINT_FILE
-    raise ConfigError(f"resume_from={str(path)!r}: no {CHECKPOINT_FILE} there "
-                      "(give a checkpoint file, a checkpoint folder or a run folder)")
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint (see :func:`find_checkpoint` for what ``path`` may be) onto the CPU."""
-    file = find_checkpoint(path)
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file: one line, before any compute
-        raise ConfigError(f"resume_from={str(file)!r}: cannot be read as an echos checkpoint "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"resume_from={str(file)!r}: not an echos checkpoint (format {CHECKPOINT_FORMAT})")
-    ckpt["path"] = str(file)
-    return ckpt
-
-
-def _epoch_dirs(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    dirs = [d for d in folder.iterdir() if d.is_dir() and _EPOCH_DIR.match(d.name)]
-    return sorted(dirs, key=lambda d: int(_EPOCH_DIR.match(d.name).group(1)))
-
-
-def _save_checkpoint(folder: Path, state: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(folder / CHECKPOINT_FILE)  # atomic: a reader never sees half a checkpoint
-    return folder
 
 
 def _check_resumable(cfg: Config, ckpt: dict) -> None:
@@ -334,7 +256,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     val_loader = make_loader(data.val, tc.batch_size, shuffle=False, seed=cfg.seed, epoch=0,
                              num_workers=cfg.data.num_workers, drop_last=False)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
     check_every = 1 if device.type == "cpu" else 32  # a host sync per check: rarely on accelerators
     bar = _progress_bar(progress, total_steps, (start_epoch - 1) * steps_per_epoch)
 
@@ -398,7 +320,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
             ckpt_dir = None
             if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
-                ckpt_dir = _save_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}", {
+                ckpt_dir = save_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}", {
                     "format": CHECKPOINT_FORMAT,
                     "epoch": epoch,
                     "model": model.state_dict(),
@@ -406,9 +328,9 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
                     "scheduler": scheduler.state_dict(),
                     "history": history,
                     "config": config_to_dict(cfg),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                 })
-                for old in _epoch_dirs(run_dir / "checkpoints")[: -tc.keep_checkpoints]:
+                for old in epoch_dirs(run_dir / "checkpoints")[: -tc.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
             if tc.kernel_metrics and epoch == tc.epochs:
                 write_kernel_mosaics(model, run_dir / "kernels", f"epoch_{epoch:04d}")
@@ -459,10 +381,8 @@ def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, steps: int
 def _resolve_run_dir(cfg: Config, run_dir: str | Path | None, ckpt: dict | None) -> Path:
     if run_dir is not None:
         return Path(run_dir)
-    if ckpt is not None:  # <run>/checkpoints/epoch_0003/checkpoint.pt -> continue in <run>
-        file = Path(ckpt["path"]).resolve()
-        if file.parent.parent.name == "checkpoints" and _EPOCH_DIR.match(file.parent.name):
-            return file.parent.parent.parent
+    if ckpt is not None and run_dir_of(ckpt["path"]) is not None:  # continue in the checkpoint's run folder
+        return run_dir_of(ckpt["path"])
     base = Path(cfg.output_dir) / (cfg.run_name or cfg.default_run_name())
     if ckpt is not None or not base.exists() or not any(base.iterdir()):
         return base
@@ -475,7 +395,7 @@ def _resolve_run_dir(cfg: Config, run_dir: str | Path | None, ckpt: dict | None)
 def _write_run_folder(run_dir: Path, cfg: Config, init_report: dict, history: list[dict], fresh: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:  # stale checkpoints of an earlier run in this folder would be taken for ours
-        for old in _epoch_dirs(run_dir / "checkpoints"):
+        for old in epoch_dirs(run_dir / "checkpoints"):
             log.warning(f"removing stale checkpoint {old} of an earlier run in {run_dir}")
             shutil.rmtree(old, ignore_errors=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

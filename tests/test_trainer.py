@@ -10,7 +10,8 @@ import yaml
 from echos_core import build as build_mod
 from echos_core.config import ConfigError, config_from_dict, config_to_dict
 from echos_core.inits import apply_init, find_depthwise_convs
-from echos_core.trainer import TrainingDiverged, load_checkpoint, lr_factor, train
+from echos_core.checkpoint import load_checkpoint
+from echos_core.trainer import TrainingDiverged, lr_factor, train
 
 # Wall-clock quantities differ between two identical runs; everything else must not.
 TIMING = {"images_per_sec", "epoch_time_s"}

@@ -13,7 +13,8 @@ from .kernels import (LABELS, CLUSTER_NORMALISATIONS, Clustering, DogFit, LayerK
                       cluster_kernels, dense_layers, depthwise_layers, epoch_kernel_metrics, fit_dog,
                       normalise_kernels)
 from .shapes import FAMILIES, ShapeFit, fit_shapes, shape_templates
-from .summary import Analysis, LayerSummary, analyse_layers, analyse_model, format_table, model_from_checkpoint
+from ..checkpoint import model_from_checkpoint
+from .summary import Analysis, LayerSummary, analyse_layers, analyse_model, format_table
 
 __all__ = [
     "LABELS", "CLUSTER_NORMALISATIONS", "FAMILIES",

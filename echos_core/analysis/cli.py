@@ -38,7 +38,8 @@ def register(sub) -> None:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from ..config import ConfigError
-    from .summary import analyse_model, format_table, model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
+    from .summary import analyse_model, format_table
 
     if args.clusters < 1:
         raise ConfigError("--clusters", args.clusters, "must be >= 1")

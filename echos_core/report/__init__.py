@@ -6,10 +6,11 @@
   :func:`paired_differences` against a baseline matched by seed, :func:`on_ratio_contrasts`,
   :func:`on_ratio_trend`, :func:`holm`;
 * :mod:`.plots`: the figures; :mod:`.markdown`: ``report.md`` with its conclusion rules;
-* :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
+* :mod:`.result`: every number of a report (:class:`Report`); :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
 """
 
-from .build import Report, analyse, build_report
+from .result import Report, analyse
+from .build import build_report
 from .load import ReportError, SweepRuns, load_sweep, parse_param
 from .stats import (arm_keys, arm_order, arm_summary, assign_arms, final_values, holm, on_ratio_contrasts,
                     on_ratio_trend, paired_differences, t_interval)

@@ -73,7 +73,7 @@ def _arm_order(arm: str) -> tuple:
 def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[list[dict], dict]:
     from ..analysis import centre_surround_index, cluster_kernels, fit_dog, fit_shapes
     from ..inits import depthwise_kernels
-    from ..analysis.summary import model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
     from ..build import build_run
 
     sweep_dir = resolve_sweep_dir(sweep_dir)

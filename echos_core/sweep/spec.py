@@ -292,8 +292,11 @@ def _str(d: dict, k: str, key: str, default: Any, choices: Optional[tuple] = Non
 
 
 def load_spec(path: str | Path, *, tracking_uri: Optional[str] = None,
-              storage_path: Optional[str] = None, check_configs: bool = True) -> SweepSpec:
-    """Read, parse and validate a spec file (``tracking_uri``/``storage_path`` override the file)."""
+              storage_path: Optional[str] = None) -> SweepSpec:
+    """Read and parse a spec file (``tracking_uri``/``storage_path`` override the file).
+
+    The trainer configs its space can produce are checked by
+    :func:`echos_core.sweep.validate.check_trainer_configs`, which the caller runs."""
     p = Path(path)
     if not p.is_file():
         raise SpecError("SPEC", str(path), "file does not exist")
@@ -315,10 +318,6 @@ def load_spec(path: str | Path, *, tracking_uri: Optional[str] = None,
         data["ray"]["storage_path"] = storage_path
     spec = parse_spec(data, base_dir=p.parent)
     spec.source = str(p)
-    if check_configs:
-        from .validate import check_trainer_configs
-
-        check_trainer_configs(spec)
     return spec
 
 
