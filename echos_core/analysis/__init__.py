@@ -11,17 +11,25 @@
 
 import lazy_loader
 
-from .names import LABELS, NORMALISATIONS  # torch-free: the command line's choices
+from .names import CLUSTER_NORMALISATIONS, LABELS  # torch-free: the command line's choices
 
 __getattr__, __dir__, _ = lazy_loader.attach(__name__, submod_attrs={
     "kernels": ["Clustering", "DogFit", "LayerKernels", "centre_surround_index", "cluster_kernels", "dense_layers",
                 "depthwise_layers", "epoch_kernel_metrics", "fit_dog", "normalise_kernels"],
     "shapes": ["FAMILIES", "ShapeFit", "fit_shapes", "shape_templates"],
-    "summary": ["Analysis", "LayerSummary", "analyse_layers", "analyse_model", "format_table", "model_from_checkpoint"],
+    "summary": ["Analysis", "LayerSummary", "analyse_layers", "analyse_model", "format_table"],
 })
 
+
+def __getattr__(name: str, _lazy=__getattr__):  # noqa: F811 - model_from_checkpoint lives in echos_core.checkpoint
+    if name == "model_from_checkpoint":
+        from ..checkpoint import model_from_checkpoint
+
+        return model_from_checkpoint
+    return _lazy(name)
+
 __all__ = [
-    "LABELS", "NORMALISATIONS", "FAMILIES",
+    "LABELS", "CLUSTER_NORMALISATIONS", "FAMILIES",
     "LayerKernels", "depthwise_layers", "dense_layers", "normalise_kernels",
     "centre_surround_index", "DogFit", "fit_dog", "Clustering", "cluster_kernels", "epoch_kernel_metrics",
     "ShapeFit", "shape_templates", "fit_shapes",

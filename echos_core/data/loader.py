@@ -20,14 +20,15 @@ processes live across epochs (``persistent_workers``, as timm's ``MultiEpochsDat
 
 from __future__ import annotations
 
-import random
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["epoch_seed", "epoch_order", "seed_globals", "EpochLoader", "make_loader"]
+from ..seeding import seed_everything
+
+__all__ = ["epoch_seed", "epoch_order", "EpochLoader", "make_loader"]
 
 _ORDER, _GLOBALS, _AUGMENT = 0, 1, 2  # independent streams derived from the same (seed, epoch)
 
@@ -48,13 +49,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     torch.empty((), dtype=torch.int64).random_(generator=g)
     return torch.randperm(n, generator=g)
-
-
-def seed_globals(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global generator and torch's from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class _EpochBatches(Sampler):
@@ -85,7 +79,7 @@ class _SeededFetch(Dataset):
 
     def __getitems__(self, keys: list) -> list:
         if keys and keys[0][1] is not None:
-            seed_globals(keys[0][1])
+            seed_everything(keys[0][1])
         return [self.dataset[i] for i, _ in keys]
 
     def __getitem__(self, key):
@@ -112,7 +106,7 @@ class EpochLoader(DataLoader):
 
     def __iter__(self):
         if self.shuffle:
-            seed_globals(epoch_seed(self.seed, self.epoch, _GLOBALS))
+            seed_everything(epoch_seed(self.seed, self.epoch, _GLOBALS))
         return super().__iter__()
 
 

@@ -35,7 +35,8 @@ from typing import Iterator, Optional
 import torch
 
 from ..config import AugmentConfig
-from .loader import _AUGMENT, _GLOBALS, epoch_order, epoch_seed, seed_globals
+from ..seeding import seed_everything
+from .loader import _AUGMENT, _GLOBALS, epoch_order, epoch_seed
 from .transforms import reflect_index, resize_uint8
 
 __all__ = ["ResidentSplit", "ResidentLoader", "draw_crop_flip", "crop_flip"]
@@ -107,7 +108,7 @@ class ResidentLoader:
         n = len(self.split)
         if self.shuffle:
             order = epoch_order(n, self.seed, self.epoch)
-            seed_globals(epoch_seed(self.seed, self.epoch, _GLOBALS))
+            seed_everything(epoch_seed(self.seed, self.epoch, _GLOBALS))
         else:
             order = torch.arange(n)
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, _AUGMENT))

@@ -6,13 +6,14 @@
   :func:`paired_differences` against a baseline matched by seed, :func:`on_ratio_contrasts`,
   :func:`on_ratio_trend`, :func:`holm`;
 * :mod:`.plots`: the figures; :mod:`.markdown`: ``report.md`` with its conclusion rules;
-* :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
+* :mod:`.result`: every number of a report (:class:`Report`); :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
 """
 
 import lazy_loader  # pandas and SciPy load when a report is built, not with the command line
 
 __getattr__, __dir__, _ = lazy_loader.attach(__name__, submod_attrs={
-    "build": ["Report", "analyse", "build_report"],
+    "result": ["Report", "analyse"],
+    "build": ["build_report"],
     "load": ["ReportError", "SweepRuns", "load_sweep", "parse_param"],
     "stats": ["arm_keys", "arm_order", "arm_summary", "assign_arms", "final_values", "holm", "on_ratio_contrasts",
               "on_ratio_trend", "paired_differences", "t_interval"],

@@ -21,7 +21,7 @@ import pandas as pd
 from .stats import CONFIDENCE, _fmt, _is_number, _sort_value, lower_is_better
 
 if TYPE_CHECKING:
-    from .build import Report
+    from .result import Report
 
 __all__ = ["render_report", "verdict"]
 
