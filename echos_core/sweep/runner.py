@@ -193,13 +193,6 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
           f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU", file=out, flush=True)
 
 
-def _warm_mlflow(tracking_uri: str, experiment: str) -> None:
-    """Import MLflow, create its store's tables and the sweep's experiment (no run yet)."""
-    from ..tracking import get_or_create_experiment, mlflow_client
-
-    get_or_create_experiment(mlflow_client(tracking_uri), experiment)
-
-
 def _check_fits(spec: SweepSpec, address: Optional[str]) -> None:
     """A trial that no node can hold would wait forever: say so now (exit status 2)."""
     import ray
@@ -280,14 +273,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         parent_run_id = None
     exp_path = f"{storage}/{sweep_id}"
 
-    # Ray's start (mostly waiting for its processes) and MLflow's (imports, store tables, experiment)
-    # overlap; the parent run is created only after the resource check below.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1, thread_name_prefix="echos-mlflow") as pool:
-        mlflow_ready = pool.submit(_warm_mlflow, tracking_uri, spec.experiment)
-        _init_ray(spec, address, out)
-        mlflow_ready.result()
+    _init_ray(spec, address, out)
     import ray
     from ray import tune
 
