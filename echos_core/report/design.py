@@ -49,7 +49,7 @@ def detectable_difference(se: float, df: float, alpha: float = 0.05, power: floa
         return math.nan
     nobs = df + 1
     es = _ttest_power().solve_power(effect_size=None, nobs=nobs, alpha=alpha, power=power, alternative="two-sided")
-    return float(es) * math.sqrt(nobs) * se
+    return abs(float(np.ravel(es)[0])) * math.sqrt(nobs) * se  # the solver may return the negative root
 
 
 def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = POWER) -> float:

@@ -8,7 +8,8 @@ import statistics
 from collections import defaultdict
 from typing import Any, Optional, TextIO
 
-from .spec import SweepSpec
+from .analysis_spec import power_lines, resolve_pilot_sd
+from .spec import SweepSpec, base_value
 from .trainable import sampled_values, trial_outcome
 
 __all__ = ["describe_spec", "summarise"]
@@ -41,6 +42,11 @@ def describe_spec(spec: SweepSpec, tracking_uri: str, storage: str, n_checked: O
     what = ("grid of " + " x ".join(str(p.size) for p in spec.params) if spec.search.algorithm == "grid" and spec.params
             else f"{spec.n_configs} configuration{'s' if spec.n_configs != 1 else ''}")
     lines.append(f"trials: {spec.n_trials} = {what} x {len(spec.seeds)} seed{'s' if len(spec.seeds) != 1 else ''}")
+    if spec.analysis is not None:
+        sd, source = resolve_pilot_sd(spec.analysis, tracking_uri)
+        lines += power_lines(spec.analysis, seeds=len(spec.seeds), params=spec.params,
+                             base_value=lambda k: base_value(spec.base, k), grid=spec.search.algorithm == "grid",
+                             sd=sd, sd_source=source)
     return "\n".join(lines)
 
 
