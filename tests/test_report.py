@@ -15,6 +15,7 @@ from echos_core.cli import main
 from echos_core.config import config_from_dict, config_to_dict
 from echos_core.report import (arm_summary, assign_arms, final_values, holm, on_ratio_contrasts, on_ratio_trend,
                                paired_differences, t_interval)
+from echos_core.report.design import min_detectable_difference
 from echos_core.tracking import MlflowRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,11 +166,17 @@ def test_report_md_states_rules_numbers_and_commands(report_dir, store):
     assert f"echos report {SWEEP} --tracking-uri {store['uri']}" in md
     assert f"echos sweep sweeps/{SWEEP}.yaml" in md
     assert "16 (15 complete, 1 stopped early by ASHA, 0 failed or unfinished)" in md
-    # dog 0.5 vs kaiming: CI [0.08, 5.25] excludes 0 (claimed, with its Holm verdict)
-    assert "`dog on_ratio=0.5` is higher (better) than `kaiming` by 2.67 points" in md
-    assert "[0.08, 5.25]" in md and "survive Holm" in md
+    # dog 0.5 vs kaiming: CI [0.08, 5.25] excludes 0, but not after Holm over the 8 comparisons: no claim
+    p = pd.read_csv(report_dir / "paired.csv")
+    row = p[(p["arm"] == "dog on_ratio=0.5") & (p["baseline"] == "kaiming")].iloc[0]
+    assert row["p"] < 0.05 < row["p_holm"]
+    mdd = min_detectable_difference(row["sd_diff"], 3)
+    assert f"`dog on_ratio=0.5` vs `kaiming`: not resolved at n=3 (detectable: {mdd:.2f}) (95% CI [0.08, 5.25]" in md
+    assert "is higher (better)" not in md and "is at least as good" not in md
     # dog 0 vs kaiming: d = 0, 1, 0.5 -> CI [-0.74, 1.74] includes 0
-    assert "`dog on_ratio=0` vs `kaiming`: no detectable difference at n=3" in md
+    assert "`dog on_ratio=0` vs `kaiming`: not resolved at n=3" in md
+    assert "Descriptively, the best" not in md and "optimum near" not in md  # no ranking, no vertex
+    assert "No analysis was declared in the spec" in md
     assert "scale rule `unit`" in md and "`abc123`" in md
     assert "![accuracy_vs_on_ratio](accuracy_vs_on_ratio.png)" in md
 
@@ -362,3 +369,59 @@ def test_report_of_a_real_smoke_sweep(tmp_path):
         assert (d / name).stat().st_size > 0
     md = (d / "report.md").read_text()
     assert "echos sweep sweeps/quick.yaml --smoke-test" in md
+
+
+# --------------------------------------------------------------------------- a declared analysis
+
+
+DECLARED = {
+    "primary": {"contrast": [{"init.scheme": "dog", "init.on_ratio": 0.5}, {"init.scheme": "dog", "init.on_ratio": 0.0}]},
+    "secondary": [
+        {"contrast": [{"init.scheme": "dog", "init.on_ratio": 1.0}, {"init.scheme": "dog", "init.on_ratio": 0.0}]},
+        {"contrast": [{"init.scheme": "dog", "init.on_ratio": 0.5}, {"init.scheme": "kaiming"}], "model": "paired"},
+    ],
+    "pool": {"init.scheme": "dog"}, "alpha": 0.05, "margin": 2.0,
+}
+
+
+def test_declared_analysis_primary_first_worded_by_the_rules(store, tmp_path):
+    import yaml
+
+    f = tmp_path / "analysis.yaml"
+    f.write_text(yaml.safe_dump(DECLARED))
+    out = tmp_path / "out"
+    assert main(["report", SWEEP, "--tracking-uri", store["uri"], "--out", str(out), "--analysis", str(f)]) == 0
+    md = (out / SWEEP / "report.md").read_text()
+    assert md.index("## Primary result") < md.index("## What was run") < md.index("## Paired differences")
+    # the pooled dog arms (3 x 3, balanced): contrast = difference of means; se from the two-way residual
+    Y = np.array([FINAL[("dog", 0.0)], FINAL[("dog", 0.5)], FINAL[("dog", 1.0)]])
+    r = Y - Y.mean(1, keepdims=True) - Y.mean(0, keepdims=True) + Y.mean()
+    se = math.sqrt(2 * (r ** 2).sum() / 4 / 3)
+    est = Y[1].mean() - Y[0].mean()
+    lo, hi = est - stats.t.ppf(0.975, 4) * se, est + stats.t.ppf(0.975, 4) * se
+    assert 2 * stats.t.sf(est / se, 4) < 0.05  # the primary is tested alone: better
+    assert (f"`dog on_ratio=0.5` is better than `dog on_ratio=0`: +{est:.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}]"
+            in md)
+    assert "pooled arm + seed model, n = 3 seeds" in md
+    # dog 1 vs dog 0 differ by 0.5 << margin 2: TOST p 0.016, Holm over two secondaries 0.031 -> equivalent
+    assert "`dog on_ratio=1` and `dog on_ratio=0` are equivalent within ±2 points" in md
+    # dog 0.5 vs kaiming: unadjusted p 0.047, Holm 0.094 -> not resolved, with the detectable difference
+    d = np.array(FINAL[("dog", 0.5)]) - np.array(FINAL[("kaiming", None)])
+    mdd = min_detectable_difference(d.std(ddof=1), 3)
+    assert f"`dog on_ratio=0.5` vs `kaiming`: not resolved at n = 3 (detectable at 80% power: {mdd:.2f} points)" in md
+    table = pd.read_csv(out / SWEEP / "declared.csv")
+    assert table["role"].tolist() == ["primary", "secondary", "secondary"]
+    assert table.loc[2, "p_adj"] == pytest.approx(min(1.0, 2 * table.loc[2, "p"]))
+    assert yaml.safe_load((out / SWEEP / "analysis.yaml").read_text())["margin"] == 2.0
+
+
+def test_declared_arm_that_matches_no_arm_is_one_line(store, tmp_path, capsys):
+    import yaml
+
+    bad = {**DECLARED, "primary": {"contrast": [{"init.scheme": "dog", "init.on_ratio": 0.3},
+                                                {"init.scheme": "dog", "init.on_ratio": 0.0}]}}
+    f = tmp_path / "analysis.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    assert main(["report", SWEEP, "--tracking-uri", store["uri"], "--out", str(tmp_path), "--analysis", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "analysis.primary contrast dog on_ratio=0.3: matches 0 arms" in err[0]

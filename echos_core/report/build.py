@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .declared import DeclaredAnalysis, run_declared
 from .load import SweepRuns
 from .markdown import render_report
 from .plots import has_cluster_fractions, plot_cluster_fractions, plot_learning_curves, plot_metric_vs
 from .stats import PAIR_COLUMNS, arm_summary, assign_arms, holm, on_ratio_contrasts, on_ratio_trend, paired_differences
+
+if TYPE_CHECKING:
+    from ..sweep.analysis_spec import AnalysisSpec
 
 __all__ = ["Report", "build_report", "analyse"]
 
@@ -40,12 +44,13 @@ class Report:
     baselines: list[str]
     reference_on_ratio: float
     n_comparisons: int = 0  # size of the Holm family
+    declared: Optional[DeclaredAnalysis] = None  # the spec's analysis: section, estimated
     files: list[Path] = field(default_factory=list)
 
 
 def analyse(runs: SweepRuns, baselines: Sequence[str] = ("kaiming", "default"),
-            reference_on_ratio: float = 0.5) -> Report:
-    """All the statistics of a report, without writing anything."""
+            reference_on_ratio: float = 0.5, analysis: Optional["AnalysisSpec"] = None) -> Report:
+    """All the statistics of a report, without writing anything (``analysis``: the spec's declared analysis)."""
     metric = runs.metric
     trials = assign_arms(runs.trials)
     arms = arm_summary(trials, metric)
@@ -58,18 +63,21 @@ def analyse(runs: SweepRuns, baselines: Sequence[str] = ("kaiming", "default"),
     adj = holm(p_all)
     paired = paired.assign(p_holm=adj[:len(paired)])
     contrasts = contrasts.assign(p_holm=adj[len(paired):])
+    declared = run_declared(trials, analysis, metric) if analysis is not None else None
     return Report(runs=runs, trials=trials, arms=arms, paired=paired, contrasts=contrasts,
                   trend=on_ratio_trend(trials, metric), baselines=list(baselines),
-                  reference_on_ratio=reference_on_ratio, n_comparisons=int(np.isfinite(p_all).sum()))
+                  reference_on_ratio=reference_on_ratio, n_comparisons=int(np.isfinite(p_all).sum()),
+                  declared=declared)
 
 
 def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Sequence[str] = ("kaiming", "default"),
                  reference_on_ratio: float = 0.5, command: Optional[str] = None,
-                 rerun_command: Optional[str] = None) -> Report:
-    """Write ``trials.csv``, ``arms.csv``, ``paired.csv``, the figures and ``report.md`` into ``out_dir``."""
+                 rerun_command: Optional[str] = None, analysis: Optional["AnalysisSpec"] = None) -> Report:
+    """Write ``trials.csv``, ``arms.csv``, ``paired.csv``, the figures and ``report.md`` into ``out_dir``; with a
+    declared ``analysis`` also ``analysis.yaml`` (the section itself) and ``declared.csv`` (its results)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rep = analyse(runs, baselines, reference_on_ratio)
+    rep = analyse(runs, baselines, reference_on_ratio, analysis)
     metric = runs.metric
     files = []
 
@@ -80,6 +88,12 @@ def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Sequence[st
     pd.concat([rep.paired.assign(kind="vs baseline"), rep.contrasts.assign(kind=f"vs on_ratio={reference_on_ratio:g}")],
               ignore_index=True).to_csv(out / "paired.csv", index=False)
     files += [out / "trials.csv", out / "arms.csv", out / "paired.csv"]
+    if rep.declared is not None:
+        import yaml
+
+        (out / "analysis.yaml").write_text(yaml.safe_dump(rep.declared.spec.to_dict(), sort_keys=False))
+        rep.declared.table().to_csv(out / "declared.csv", index=False)
+        files += [out / "analysis.yaml", out / "declared.csv"]
 
     keys = rep.trials.attrs.get("arm_keys", [])
     figures: dict[str, Path] = {}

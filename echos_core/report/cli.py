@@ -36,6 +36,9 @@ def register(sub) -> None:
                                                         "lower is better for *loss*)")
     p.add_argument("--reference-on-ratio", type=float, default=0.5, metavar="R",
                    help="on_ratio every DoG arm is also paired against (default 0.5, the paper's 50/50)")
+    p.add_argument("--analysis", metavar="FILE", help="the declared analysis: a sweep spec (its `analysis:` "
+                                                      "section) or the analysis.yaml beside an earlier report "
+                                                      "(default: SWEEP's spec when SWEEP is a spec file)")
     p.set_defaults(func=_cmd_report)
 
     o = sub.add_parser(
@@ -77,6 +80,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ReportError(f"--reference-on-ratio={args.reference_on_ratio}: must be in [0, 1]")
 
     name, experiment, spec_uri, spec_path = args.sweep, args.experiment, None, _spec_target(args.sweep)
+    analysis = None
     if spec_path is not None:
         from ..sweep.spec import load_spec
 
@@ -84,6 +88,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
             raise ReportError(f"SWEEP {args.sweep}: no such spec file (give a sweep name or an existing spec)")
         spec = load_spec(spec_path, check_configs=False)
         name, experiment, spec_uri = spec.name, experiment or spec.experiment, spec.tracking_uri
+        analysis = spec.analysis
+    if args.analysis:
+        analysis = load_analysis(args.analysis)
     tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri or default_tracking_uri())
 
     from .build import build_report
@@ -92,7 +99,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     runs = load_sweep(tracking_uri, name, experiment, sweep_id=args.sweep_id, metric=args.metric)
     out_dir = Path(args.out) / name
     rep = build_report(runs, out_dir, baselines=args.baselines, reference_on_ratio=args.reference_on_ratio,
-                       command=_regenerate_command(args), rerun_command=_rerun_command(args, name, runs))
+                       command=_regenerate_command(args), rerun_command=_rerun_command(args, name, runs),
+                       analysis=analysis)
     n_claims = sum(1 for _, r in rep.paired.iterrows() if _claimed(r, args.metric))
     which = runs.sweep_ids[0] if len(runs.sweep_ids) == 1 else f"{len(runs.sweep_ids)} invocations"
     print(f"report of sweep {name} ({len(runs.trials)} trials, {len(rep.arms)} arms, {which}): "
@@ -100,6 +108,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for f in rep.files:
         print(f"wrote {f}")
     return 0
+
+
+def load_analysis(path: str | Path):
+    """The declared analysis in ``path``: a sweep spec's ``analysis:`` section, or an ``analysis.yaml``."""
+    import yaml
+
+    from ..sweep.analysis_spec import analysis_from_dict
+    from ..sweep.spec import load_spec
+    from .load import ReportError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ReportError(f"--analysis {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ReportError(f"--analysis {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if isinstance(data, dict) and "base" in data:  # a sweep spec
+        an = load_spec(p, check_configs=False).analysis
+        if an is None:
+            raise ReportError(f"--analysis {path}: the spec has no `analysis:` section")
+        return an
+    return analysis_from_dict(data)
 
 
 def _claimed(row, metric: str) -> bool:
@@ -124,6 +155,8 @@ def _regenerate_command(args: argparse.Namespace) -> str:
         parts += ["--metric", args.metric]
     if args.reference_on_ratio != 0.5:
         parts += ["--reference-on-ratio", f"{args.reference_on_ratio:g}"]
+    if args.analysis:
+        parts += ["--analysis", args.analysis]
     return shlex.join(parts)
 
 
