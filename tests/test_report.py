@@ -425,3 +425,56 @@ def test_declared_arm_that_matches_no_arm_is_one_line(store, tmp_path, capsys):
     assert main(["report", SWEEP, "--tracking-uri", store["uri"], "--out", str(tmp_path), "--analysis", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "analysis.primary contrast dog on_ratio=0.3: matches 0 arms" in err[0]
+
+
+# --------------------------------------------------------------------------- self-contained results
+
+
+def test_epochs_csv_holds_every_trials_per_epoch_metrics(report_dir):
+    e = pd.read_csv(report_dir / "epochs.csv")
+    assert list(e.columns[:4]) == ["run_id", "arm", "seed", "epoch"]
+    assert {"val_top1", "val_loss", "train_loss", "kernels/on_fraction"} <= set(e.columns)
+    assert len(e) == 15 * EPOCHS + 1  # 15 complete trials x 3 epochs + the ASHA-stopped trial's one epoch
+    k0 = e[(e["arm"] == "kaiming") & (e["seed"] == 0)].sort_values("epoch")
+    final = FINAL[("kaiming", None)][0]
+    assert k0["val_top1"].tolist() == [final - 5.0 * (EPOCHS - ep) for ep in range(1, EPOCHS + 1)]
+    assert k0["val_loss"].tolist() == pytest.approx([2.0 - 0.1 * ep for ep in range(1, EPOCHS + 1)])
+
+
+def test_report_rebuilt_from_the_csvs_alone_is_the_same(report_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "fake"
+    src.mkdir()
+    for name in ("trials.csv", "epochs.csv"):
+        shutil.copy(report_dir / name, src / name)
+    assert main(["report", "--from-csv", str(src)]) == 0  # no MLflow store anywhere
+    for name in ("arms.csv", "paired.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(src / name), pd.read_csv(report_dir / name))
+    for name in ("learning_curves.png", "cluster_fractions.png", "accuracy_vs_on_ratio.png", "forest.png"):
+        assert (src / name).stat().st_size > 0
+    assert pd.read_csv(src / "trials.csv").equals(pd.read_csv(report_dir / "trials.csv"))  # left as it was
+    md = (src / "report.md").read_text()
+    assert f"Rebuilt from the CSV files in `{src}` alone (`trials.csv`, `epochs.csv`)" in md
+    assert f"echos report --from-csv {src}" in md
+
+
+def test_from_csv_without_epochs_csv_says_so(report_dir, tmp_path):
+    import shutil
+
+    shutil.copy(report_dir / "trials.csv", tmp_path / "trials.csv")
+    assert main(["report", "--from-csv", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "There is no `epochs.csv` for this sweep" in md and not (tmp_path / "learning_curves.png").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["report", "--from-csv", "NOWHERE"], "--from-csv NOWHERE: no trials.csv there"),
+    (["report"], "SWEEP: give a sweep name or spec, or --from-csv DIR"),
+    (["report", "fake", "--from-csv", "x"], "exactly one"),
+])
+def test_from_csv_bad_input_is_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]

@@ -21,15 +21,19 @@ def register(sub) -> None:
                     "(per-arm mean, sd and 95% CI of the final metric; seed-paired differences of every DoG "
                     "arm against each baseline, Holm-adjusted; the trend across init.on_ratio). Trials stopped "
                     "early by ASHA are counted but never used for final-value claims.")
-    p.add_argument("sweep", metavar="SWEEP", help="sweep name (the spec's `name`, e.g. quick or quick-smoke), "
-                                                  "or the spec file itself (sweeps/quick.yaml)")
+    p.add_argument("sweep", metavar="SWEEP", nargs="?",
+                   help="sweep name (the spec's `name`, e.g. quick or quick-smoke), or the spec file itself "
+                        "(sweeps/quick.yaml); leave out with --from-csv")
+    p.add_argument("--from-csv", metavar="DIR", help="rebuild the report from DIR/trials.csv (and DIR/epochs.csv) "
+                                                     "alone, without MLflow; written into DIR unless --out is given; "
+                                                     "the declared analysis is DIR/analysis.yaml when present")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: the spec's, else "
                                                          "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     p.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: the sweep's, i.e. its name)")
     p.add_argument("--sweep-id", metavar="ID", help="which invocation of the sweep (default: the newest; "
                                                     "'all' pools every invocation, one trial per arm and seed)")
-    p.add_argument("--out", "-o", metavar="DIR", default="results", help="parent folder (default results/); the "
-                                                                         "report goes to DIR/<sweep>/")
+    p.add_argument("--out", "-o", metavar="DIR", help="parent folder (default results/); the report goes to "
+                                                      "DIR/<sweep>/")
     p.add_argument("--baselines", nargs="+", metavar="SCHEME", default=["kaiming", "default"],
                    help="init schemes every DoG arm is compared with (default: kaiming default)")
     p.add_argument("--metric", default="val_top1", help="metric compared at the final epoch (default val_top1; "
@@ -79,6 +83,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not 0.0 <= args.reference_on_ratio <= 1.0:
         raise ReportError(f"--reference-on-ratio={args.reference_on_ratio}: must be in [0, 1]")
 
+    if (args.sweep is None) == (args.from_csv is None):
+        raise ReportError("SWEEP: give a sweep name or spec, or --from-csv DIR (exactly one)")
+    if args.from_csv:
+        return _report_from_csv(args)
     name, experiment, spec_uri, spec_path = args.sweep, args.experiment, None, _spec_target(args.sweep)
     analysis = None
     if spec_path is not None:
@@ -97,17 +105,44 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .load import load_sweep
 
     runs = load_sweep(tracking_uri, name, experiment, sweep_id=args.sweep_id, metric=args.metric)
-    out_dir = Path(args.out) / name
+    out_dir = Path(args.out or "results") / name
     rep = build_report(runs, out_dir, baselines=args.baselines, reference_on_ratio=args.reference_on_ratio,
                        command=_regenerate_command(args), rerun_command=_rerun_command(args, name, runs),
                        analysis=analysis)
-    n_claims = sum(1 for _, r in rep.paired.iterrows() if _claimed(r, args.metric))
+    _print_summary(rep, runs, name, args.metric)
+    return 0
+
+
+def _report_from_csv(args: argparse.Namespace) -> int:
+    from .build import build_report
+    from .csv_source import load_csv
+    from .load import ReportError
+
+    for opt in ("tracking_uri", "experiment", "sweep_id"):
+        if getattr(args, opt):
+            raise ReportError(f"--{opt.replace('_', '-')}: does not apply with --from-csv (no MLflow store is read)")
+    folder = Path(args.from_csv)
+    runs = load_csv(folder, args.metric)
+    analysis = load_analysis(args.analysis) if args.analysis else \
+        (load_analysis(folder / "analysis.yaml") if (folder / "analysis.yaml").is_file() else None)
+    out_dir = Path(args.out) / runs.sweep if args.out else folder
+    rerun = shlex.join(["echos", "sweep", str(Path("sweeps") / f"{runs.sweep}.yaml")])
+    rep = build_report(runs, out_dir, baselines=args.baselines, reference_on_ratio=args.reference_on_ratio,
+                       command=_regenerate_command(args), rerun_command=rerun, analysis=analysis)
+    _print_summary(rep, runs, runs.sweep, args.metric)
+    return 0
+
+
+def _print_summary(rep, runs, name: str, metric: str) -> None:
+    n_claims = sum(1 for _, r in rep.paired.iterrows() if _claimed(r, metric))
     which = runs.sweep_ids[0] if len(runs.sweep_ids) == 1 else f"{len(runs.sweep_ids)} invocations"
     print(f"report of sweep {name} ({len(runs.trials)} trials, {len(rep.arms)} arms, {which}): "
-          f"{len(rep.paired)} paired comparisons against baselines, {n_claims} with a 95% CI excluding 0")
+          f"{len(rep.paired)} paired comparisons against baselines, {n_claims} claimed after Holm")
+    if rep.declared is not None:
+        p = rep.declared.primary
+        print(f"primary: {p.label}: {p.verdict} ({p.estimate:+.2f}, 95% CI [{p.ci_low:+.2f}, {p.ci_high:+.2f}])")
     for f in rep.files:
         print(f"wrote {f}")
-    return 0
 
 
 def load_analysis(path: str | Path):
@@ -140,14 +175,14 @@ def _claimed(row, metric: str) -> bool:
 
 
 def _regenerate_command(args: argparse.Namespace) -> str:
-    parts = ["echos", "report", args.sweep]
+    parts = ["echos", "report", args.sweep] if args.sweep else ["echos", "report", "--from-csv", args.from_csv]
     if args.tracking_uri:
         parts += ["--tracking-uri", args.tracking_uri]
     if args.experiment:
         parts += ["--experiment", args.experiment]
     if args.sweep_id:
         parts += ["--sweep-id", args.sweep_id]
-    if args.out != "results":
+    if args.out and args.out != "results":
         parts += ["--out", args.out]
     if list(args.baselines) != ["kaiming", "default"]:
         parts += ["--baselines", *args.baselines]

@@ -240,7 +240,7 @@ def render_declared(da: DeclaredAnalysis, metric: str) -> list[str]:
     unit = " points" if metric.startswith("val_top") else ""
     p = da.primary
     L = ["## Primary result (declared in the spec's `analysis:` section)", ""]
-    L.append(f"**{p.label}**: {sentence(p, an.margin, an.alpha, metric, unit, d)}")
+    L.append(f"**{sentence(p, an.margin, an.alpha, metric, unit, d)}**")
     L.append("")
     if da.pooled is not None:
         L.append(f"Pooled model: OLS `{metric} ~ C(arm) + C(seed)` over the complete trials of "

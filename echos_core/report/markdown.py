@@ -127,7 +127,14 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     # ---------------------------------------------------------------- header
     w(f"# Sweep report: `{runs.sweep}`")
     w("")
-    w(f"Experiment `{runs.experiment}` in `{runs.tracking_uri}`; sweep invocation"
+    if runs.from_csv:
+        has_epochs = not runs.curves.empty
+        w(f"Rebuilt from the CSV files in `{runs.from_csv}` alone (`trials.csv`"
+          + (", `epochs.csv`" if has_epochs else "") + "), without the MLflow store."
+          + ("" if has_epochs else " There is no `epochs.csv` for this sweep (its per-epoch metrics were not "
+                                   "saved beside it and its MLflow store is not kept): no learning-curve or "
+                                   "kernel-fraction figure can be drawn."))
+    w((f"Experiment `{runs.experiment}` in `{runs.tracking_uri}`; s" if not runs.from_csv else "S") + "weep invocation"
       f"{'s' if len(runs.sweep_ids) > 1 else ''} {', '.join(f'`{s}`' for s in runs.sweep_ids) or '(untagged)'}"
       + (f" (of {len(runs.all_sweep_ids)} in this experiment: {', '.join(f'`{s}`' for s in runs.all_sweep_ids)})"
          if len(runs.all_sweep_ids) > 1 else "") + ".")
@@ -307,7 +314,12 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     w("## Files")
     w("")
     w("- `trials.csv`: one row per trial (run id, arm, seed, status, ASHA flag, epochs, final and best metrics, "
-      "tags, every config key)")
+      "tags, every config key)" + ("" if runs.curves.empty else "; `epochs.csv`: every trial's metrics per epoch "
+                                   "(run id, arm, seed, epoch, one column per metric)"))
+    if rep.declared is not None:
+        w("- `analysis.yaml`: the declared analysis; `declared.csv`: its results (estimate, 95% CI, p, Holm p, "
+          "TOST p, detectable difference, verdict)")
+    w(f"- Rebuild every table and figure from these CSVs alone: `echos report --from-csv {runs.from_csv or '<this folder>'}`")
     w("- `arms.csv`: the per-arm table; `paired.csv`: every paired comparison (with Holm p)")
     w("")
     return "\n".join(L)

@@ -104,8 +104,10 @@ def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[li
                          "label": labels[i], "csi": float(csi[i]), "dog_r2": float(fit.r2[i]),
                          "shape": shapes.family[i], "shape_r2": float(shapes.r2[i]),
                          "moved": float(moved[i]), "cos_to_init": float(cos[i])})
-        if arm not in examples and np.any(labels == "other"):
-            examples[arm] = torch.from_numpy(w[labels == "other"]).float()
+        if arm not in examples and np.any(labels == "other"):  # the first trial of the arm with 'other' kernels
+            examples[arm] = {"kernels": torch.from_numpy(w[labels == "other"]).float(),
+                             "trial": path.parent.parent.name, "seed": cfg.seed,
+                             "layers": sorted(set(layer[labels == "other"].tolist())), "n_layer_kernels": len(w)}
     # the chance level of the shape fit: i.i.d. Gaussian kernels of the same size
     noise = np.random.default_rng(0).standard_normal((noise_kernels, k, k))
     chance = fit_shapes(noise)
@@ -154,9 +156,12 @@ def write_other_kernels(sweep_dir: str | Path, out: str | Path) -> Path:
         wr = csv.DictWriter(f, fieldnames=list(summary[0]))
         wr.writeheader()
         wr.writerows(summary)
-    for arm, kernels in extra["examples"].items():
+    for arm, ex in extra["examples"].items():
         name = arm.replace(" ", "_").replace("=", "")
-        kernel_mosaic(kernels[:64], out / f"other_{name}.png", title=f"'other' kernels after training: {arm}")
+        layers = ", ".join(ex["layers"])
+        kernel_mosaic(ex["kernels"], out / f"other_{name}.png", max_kernels=64,
+                      title=f"'other' kernels after training: {arm}, trial {ex['trial']} (seed {ex['seed']}) only;\n"
+                            f"{len(ex['kernels'])} of its {ex['n_layer_kernels']} depthwise kernels, layers {layers}")
     chance_shape = float(np.mean(extra["noise_shape_r2"]))
     chance_dog = float(np.mean(extra["noise_dog_r2"]))
     seeds = sorted({r["seed"] for r in rows})
