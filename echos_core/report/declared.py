@@ -87,7 +87,7 @@ def word(r: DeclaredResult, margin: float, alpha: float, metric: str, unit: str 
         better = (r.estimate > 0) != lower_is_better(metric)
         return "better" if better else "worse"
     if math.isfinite(r.p_tost_adj) and r.p_tost_adj < alpha:
-        return f"equivalent within ±{margin:g}{unit}"
+        return f"equivalent within ±{_amount(margin, unit)}"
     det = f"{r.detectable:.{d}f}{unit}" if math.isfinite(r.detectable) else "unknown"
     return f"not resolved at n = {r.n} (detectable at 80% power: {det})"
 
@@ -97,7 +97,7 @@ def sentence(r: DeclaredResult, margin: float, alpha: float, metric: str, unit: 
     ci = f"[{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}]"
     adj = "" if r.role == "primary" else f", Holm p {_p(r.p_adj)}"
     stats_ = (f"{r.estimate:+.{d}f}{unit}, 95% CI {ci}, p {_p(r.p)}{adj}, TOST p {_p(r.p_tost_adj)} "
-              f"for ±{margin:g}{unit}; {r.model}, n = {r.n} seeds")
+              f"for ±{_amount(margin, unit)}; {r.model}, n = {r.n} seeds")
     v = r.verdict
     if r.comparison.is_trend:
         if v in ("rises", "falls"):
@@ -109,6 +109,11 @@ def sentence(r: DeclaredResult, margin: float, alpha: float, metric: str, unit: 
     if v.startswith("equivalent"):
         return f"`{r.arm}` and `{r.versus}` are {v}: {stats_}."
     return f"`{r.arm}` vs `{r.versus}`: {v}; {stats_}."
+
+
+def _amount(v: float, unit: str) -> str:
+    """``1 point``, ``0.5 points``, ``2 points`` (``unit`` is `` points`` or empty)."""
+    return f"{v:g}{unit[:-1] if unit.endswith('s') and v == 1 else unit}"
 
 
 def _pv(v: Any) -> str:
@@ -257,7 +262,7 @@ def render_declared(da: DeclaredAnalysis, metric: str) -> list[str]:
         L.append(f"### Pooled model: every arm of the pool against `{ref}`")
         L.append("")
         L.append("Descriptive unless declared above (no adjustment here): estimate, 95% CI, p, TOST p for "
-                 f"±{an.margin:g}{unit}, and the difference detectable at 80% power.")
+                 f"±{_amount(an.margin, unit)}, and the difference detectable at 80% power.")
         L.append("")
         L.append("| arm | vs | estimate | 95% CI | p | TOST p | detectable |")
         L.append("|---|---|---|---|---|---|---|")
@@ -268,7 +273,7 @@ def render_declared(da: DeclaredAnalysis, metric: str) -> list[str]:
         L.append("")
     L.append(f"Rules: \"better\" / \"worse\" only when the test rejects 0 at alpha {an.alpha:g} (the primary "
              "unadjusted, secondaries after Holm); \"equivalent within ±m\" only when both one-sided tests reject "
-             f"(TOST, m = {an.margin:g}{unit}); otherwise \"not resolved at n = …\" with the difference the "
+             f"(TOST, m = {_amount(an.margin, unit)}); otherwise \"not resolved at n = …\" with the difference the "
              "comparison could have detected at 80% power. No ranking is made of what these do not separate.")
     L.append("")
     return L
