@@ -340,10 +340,11 @@ def _trend_sentence(r: pd.Series, metric: str, d: int, unit: str) -> str:
     ctx = "" if r.context == "all" else f" ({r.context})"
     ci = _ci(r.slope_ci_low, r.slope_ci_high, d)
     if r.slope_ci_low > 0 or r.slope_ci_high < 0:
-        s = (f"Linear fit across on_ratio{ctx}: final {metric} {'rises' if r.slope > 0 else 'falls'} by "
-             f"{abs(r.slope):.{d}f}{unit} per unit of on_ratio over the values run (95% CI {ci}, n={r.n} trials).")
+        s = (f"Exploratory, unadjusted: the linear fit across on_ratio{ctx} of final {metric} "
+             f"{'rises' if r.slope > 0 else 'falls'} by {abs(r.slope):.{d}f}{unit} per unit of on_ratio over the values run (95% CI {ci}, n={r.n} trials).")
     else:
-        s = f"Linear trend across on_ratio{ctx} not resolved at n={r.n} (slope 95% CI {ci})."
+        s = (f"Exploratory, unadjusted: the linear trend across on_ratio{ctx} is not resolved at n={r.n} "
+             f"(slope 95% CI {ci}).")
     if isinstance(r.curvature, float) and not math.isnan(r.curvature):
         cci = _ci(r.curvature_ci_low, r.curvature_ci_high, d)
         if r.curvature_ci_low > 0 or r.curvature_ci_high < 0:
