@@ -478,3 +478,56 @@ def test_from_csv_bad_input_is_one_line(argv, needle, capsys, tmp_path, monkeypa
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_report_of_a_tiny_real_sweep_with_a_declared_analysis(tmp_path):
+    """A real grid sweep (Ray, MLflow) whose spec declares its analysis: the report states the primary first,
+    worded by the rules, with its numbers from the trials; epochs.csv holds every epoch; --from-csv agrees."""
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dog, kaiming = {"init.scheme": "dog", "init.on_ratio": 0.5}, {"init.scheme": "kaiming"}
+    spec = {
+        "name": "tiny",
+        "base": {"model": {"name": "convmixer", "dim": 16, "depth": 2, "kernel_size": 5, "patch_size": 2},
+                 "data": {"name": "fake", "image_size": 16, "fake_size": 64, "fake_classes": 4},
+                 "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "device": "cpu", "warmup_epochs": 0}},
+        "space": {"init": {"type": "grid", "values": [kaiming, dog]}},
+        "search": "grid", "seeds": [0, 1, 2], "max_concurrent": 2, "resources": {"cpus": 1},
+        "mlflow": {"tracking_uri": uri}, "ray": {"storage_path": str(tmp_path / "ray"), "num_cpus": 2},
+        "analysis": {"primary": {"contrast": [dog, kaiming], "model": "paired"}, "margin": 5.0,
+                     "target_difference": 5.0, "pilot_sd": 3.0},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "echos_core", "sweep", str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "primary: dog on_ratio=0.5 - kaiming (paired t-test)" in proc.stdout and "power (paired sd 3" in proc.stdout
+    out = tmp_path / "results"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    d = out / "tiny"
+    md = (d / "report.md").read_text()
+    assert md.index("## Primary result") < md.index("## What was run")
+    t = pd.read_csv(d / "trials.csv")
+    a = t[t["init.scheme"] == "dog"].sort_values("seed")["final_val_top1"].to_numpy()  # the one DoG arm: "dog"
+    b = t[t["init.scheme"] == "kaiming"].sort_values("seed")["final_val_top1"].to_numpy()
+    diff = a - b
+    n, mean = 3, diff.mean()
+    sd = diff.std(ddof=1)
+    if sd > 0:
+        p = stats.ttest_rel(a, b).pvalue
+        se = sd / math.sqrt(n)
+        tost = max(stats.t.sf((mean + 5.0) / se, n - 1), stats.t.cdf((mean - 5.0) / se, n - 1))
+        verdict = ("better" if mean > 0 else "worse") if p < 0.05 else \
+            "equivalent within ±5 points" if tost < 0.05 else "not resolved at n = 3"
+        primary = md.split("## Primary result")[1].split("\n\n")[1]
+        assert verdict in primary and f"{mean:+.2f} points" in primary
+    e = pd.read_csv(d / "epochs.csv")
+    assert len(e) == 6 * 2 and set(e["epoch"]) == {1, 2} and "val_loss" in e.columns
+    assert main(["report", "--from-csv", str(d), "--out", str(tmp_path / "again")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "tiny" / "declared.csv"),
+                                  pd.read_csv(d / "declared.csv"))
