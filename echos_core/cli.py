@@ -68,14 +68,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train_with_mlflow(cfg, run_kw: dict):
     try:
-        from .tracking import MlflowRun
+        from .tracking import MlflowRun, environment_tags
     except ImportError as e:
         raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri,
                           f"is set but MLflow logging is unavailable ({e})") from None
     from .runinfo import environment
     from .trainer import train
 
-    tags = {f"echos.{k}": v for k, v in environment().items() if v is not None}  # as sweeps tag trials
+    tags = environment_tags(environment())  # as sweeps tag trials
     name = cfg.run_name or cfg.default_run_name()
     with MlflowRun(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, name, config_to_dict(cfg), tags=tags) as run:
         result = train(cfg, callback=lambda metrics, _ckpt: run.log_epoch(metrics), **run_kw)

@@ -20,6 +20,8 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
+from .registry import scheme_names
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
@@ -141,14 +143,14 @@ class DataConfig:
         self.augment.validate(f"{p}.augment")
 
 
-INIT_SCHEMES = ("dog", "kaiming", "default", "random-field")
 SCALE_RULES = ("unit", "kaiming", "match")
 NORMALISATIONS = ("lobe", "oocs")
 
 
 @dataclass
 class InitConfig:
-    scheme: str = field(default="dog", metadata=_doc("init of depthwise kernels: dog, kaiming, default, random-field"))
+    scheme: str = field(default="dog", metadata=_doc(
+        "init of depthwise kernels: a registered scheme (echos_core.registry; the built-in ones are in echos_core.inits)"))
     gamma_low: float = field(default=0.3, metadata=_doc("dog: lower end of the per-kernel centre/surround ratio, in (0, 1)"))
     gamma_high: float = field(default=0.7, metadata=_doc("dog: upper end of the gamma range, in (0, 1), >= gamma_low"))
     on_ratio: float = field(default=0.5, metadata=_doc(
@@ -163,7 +165,7 @@ class InitConfig:
         "random-field: length scale (pixels) of the Gaussian spatial covariance"))
 
     def validate(self, p: str = "init") -> None:
-        _choice(f"{p}.scheme", self.scheme, INIT_SCHEMES)
+        _choice(f"{p}.scheme", self.scheme, scheme_names())
         _float_range(f"{p}.gamma_low", self.gamma_low, 0.0, 1.0, lo_open=True, hi_open=True)
         _float_range(f"{p}.gamma_high", self.gamma_high, 0.0, 1.0, lo_open=True, hi_open=True)
         if self.gamma_high < self.gamma_low:

@@ -4,7 +4,8 @@ Depthwise convolutions are found by structure, never by name: an ``nn.Conv2d`` (
 whose ``groups`` equals its ``in_channels`` (> 1), so every kernel sees one input channel.
 Nothing else in the model is touched.
 
-Schemes (``INIT_SCHEMES``; :func:`register_init` adds more):
+Schemes (registered in :mod:`echos_core.registry` with the config keys each reads;
+:func:`register_init` adds more):
 
 * ``default``: leave the model's own init (timm's, or the module's);
 * ``kaiming``: Kaiming-normal (fan-in, ReLU gain), the paper's baseline;
@@ -29,18 +30,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 
 from .config import InitConfig
 from .dog import check_dog, dog_kernels
+from .registry import INIT_SCHEMES, applicable_keys, get_init, register_init
 
 __all__ = [
     "INIT_SCHEMES",
     "register_init",
     "get_init",
+    "applicable_keys",
     "find_depthwise_convs",
     "find_dense_convs",
     "check_init",
@@ -49,30 +52,6 @@ __all__ = [
     "LayerReport",
     "random_field_kernels",
 ]
-
-InitFn = Callable[..., "LayerReport"]  # fn(conv, cfg, generator, name="") -> LayerReport
-INIT_SCHEMES: dict[str, InitFn] = {}
-
-
-def register_init(name: str) -> Callable[[InitFn], InitFn]:
-    """Decorator: add an init scheme ``fn(conv, cfg, generator, name="") -> LayerReport`` to the registry.
-
-    The function re-initialises the kernels of one depthwise ``conv`` in place, drawing every random
-    number from ``generator``, and reports what it changed (``name`` is the layer's qualified name)."""
-
-    def deco(fn: InitFn) -> InitFn:
-        INIT_SCHEMES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_init(name: str) -> InitFn:
-    try:
-        return INIT_SCHEMES[name]
-    except KeyError:
-        raise ValueError(f"init.scheme={name!r}: unknown init scheme; known: {', '.join(INIT_SCHEMES)}") from None
-
 
 # --------------------------------------------------------------------------- finding convolutions
 
@@ -186,26 +165,8 @@ def _report(name: str, conv: nn.Conv2d, changed: int, on: int, off: int, before:
 # --------------------------------------------------------------------------- schemes
 
 
-@register_init("default")
-def init_default_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
-    before = _rms_norm(conv.weight.detach())
-    return _report(name, conv, 0, 0, 0, before)
-
-
-@register_init("kaiming")
-def init_kaiming_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
-    w = conv.weight.detach()
-    before = _rms_norm(w)
-    idx = _choose(w.shape[0], cfg.fraction, g)
-    kh, kw = conv.kernel_size
-    std = math.sqrt(2.0) / math.sqrt(w.shape[1] * kh * kw)
-    kernels = std * torch.randn((len(idx), kh, kw), generator=g)
-    with torch.no_grad():
-        conv.weight[idx, 0] = kernels.to(device=w.device, dtype=w.dtype)
-    return _report(name, conv, len(idx), 0, 0, before)
-
-
-@register_init("dog")
+@register_init("dog", keys=("init.gamma_low", "init.gamma_high", "init.on_ratio", "init.scale",
+                             "init.fraction", "init.noise", "init.normalisation"))
 def init_dog_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
     k = _kernel_size(conv)
     w = conv.weight.detach()
@@ -222,6 +183,25 @@ def init_dog_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = 
     return _report(name, conv, m, n_on, m - n_on, before)
 
 
+@register_init("kaiming", keys=("init.fraction",), baseline=True)
+def init_kaiming_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
+    w = conv.weight.detach()
+    before = _rms_norm(w)
+    idx = _choose(w.shape[0], cfg.fraction, g)
+    kh, kw = conv.kernel_size
+    std = math.sqrt(2.0) / math.sqrt(w.shape[1] * kh * kw)
+    kernels = std * torch.randn((len(idx), kh, kw), generator=g)
+    with torch.no_grad():
+        conv.weight[idx, 0] = kernels.to(device=w.device, dtype=w.dtype)
+    return _report(name, conv, len(idx), 0, 0, before)
+
+
+@register_init("default", baseline=True)
+def init_default_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
+    before = _rms_norm(conv.weight.detach())
+    return _report(name, conv, 0, 0, 0, before)
+
+
 def random_field_kernels(n: int, kernel_size: int, length_scale: float, g: torch.Generator) -> torch.Tensor:
     """``n`` kernels from ``N(0, Sigma)``, ``Sigma_ij = exp(-|p_i - p_j|^2 / (2 l^2))`` (unit marginal variance)."""
     h = (kernel_size - 1) / 2
@@ -233,7 +213,7 @@ def random_field_kernels(n: int, kernel_size: int, length_scale: float, g: torch
     return (z @ chol.T).reshape(n, kernel_size, kernel_size).to(torch.float32)
 
 
-@register_init("random-field")
+@register_init("random-field", keys=("init.scale", "init.fraction", "init.noise", "init.length_scale"))
 def init_random_field_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, name: str = "") -> LayerReport:
     kh, kw = conv.kernel_size
     w = conv.weight.detach()

@@ -34,7 +34,7 @@ def sweep_dir(tmp_path_factory):
 def test_initial_weights_rebuilt_exactly(sweep_dir, tmp_path):
     out = write_other_kernels(sweep_dir, tmp_path / "out")
     rows = list(csv.DictReader(open(out / "kernels.csv")))
-    assert {r["arm"] for r in rows} == {"default", "kaiming", "dog on_ratio=0.25"}
+    assert {r["arm"] for r in rows} == {"default", "kaiming", "dog"}
     assert len(rows) == 3 * 32  # 2 depthwise layers x 16 kernels per trial
     for r in rows:  # a wrong seed or build order would give cosines near 0
         assert float(r["moved"]) < 1e-6
@@ -44,7 +44,7 @@ def test_initial_weights_rebuilt_exactly(sweep_dir, tmp_path):
 def test_summary_numbers_and_files(sweep_dir, tmp_path):
     out = write_other_kernels(sweep_dir, tmp_path / "out")
     summary = {r["arm"]: r for r in csv.DictReader(open(out / "summary.csv"))}
-    dog = summary["dog on_ratio=0.25"]
+    dog = summary["dog"]
     assert float(dog["on"]) == pytest.approx(0.25) and float(dog["off"]) == pytest.approx(0.75)
     assert float(dog["other"]) == 0.0
     assert float(summary["kaiming"]["other"]) > 0.8  # random kernels are "other"

@@ -75,8 +75,12 @@ def test_failed_run_is_marked_failed(store):
     assert MlflowClient(tracking_uri=store).get_run(run.run_id).info.status == "FAILED"
 
 
-def test_resolve_tracking_uri(tmp_path):
+def test_resolve_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")  # the environment's default comes next
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/from-env.db"
+    assert resolve_tracking_uri("sqlite:///given.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/given.db"
     assert resolve_tracking_uri(DEFAULT_TRACKING_URI, tmp_path).startswith("sqlite:////")
     assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
@@ -120,3 +124,13 @@ def test_runs_of_trials_ray_lost_are_dropped(store):
     (gone,) = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
     assert gone.info.run_id == lost.run_id and gone.data.tags["echos.status"] == "orphaned"
     assert gone.info.status == "KILLED"
+
+
+def test_tag_names_are_the_documented_ones():
+    """The tag names are a public contract (MLflow searches, the UI, sweeps/README.md)."""
+    from echos_core import tracking
+
+    assert (tracking.TAG_SWEEP, tracking.TAG_SWEEP_ID, tracking.TAG_TRIAL_ID, tracking.TAG_STATUS) == (
+        "echos.sweep", "echos.sweep_id", "echos.trial_id", "echos.status")
+    assert tracking.best_metric_tag("val_top1") == "echos.best_val_top1"
+    assert tracking.environment_tags({"torch_version": "2", "git_revision": None}) == {"echos.torch_version": "2"}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..registry import baselines as registry_baselines
 from .csv_source import write_epochs_csv
 from .declared import DeclaredAnalysis, run_declared
 from .load import SweepRuns
@@ -50,10 +51,11 @@ class Report:
     files: list[Path] = field(default_factory=list)
 
 
-def analyse(runs: SweepRuns, baselines: Sequence[str] = ("kaiming", "default"),
+def analyse(runs: SweepRuns, baselines: Optional[Sequence[str]] = None,
             reference_on_ratio: float = 0.5, analysis: Optional["AnalysisSpec"] = None) -> Report:
     """All the statistics of a report, without writing anything (``analysis``: the spec's declared analysis)."""
     metric = runs.metric
+    baselines = registry_baselines() if baselines is None else baselines
     trials = assign_arms(runs.trials)
     arms = arm_summary(trials, metric)
     tables = [paired_differences(trials, b, metric) for b in baselines]
@@ -72,7 +74,7 @@ def analyse(runs: SweepRuns, baselines: Sequence[str] = ("kaiming", "default"),
                   declared=declared)
 
 
-def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Sequence[str] = ("kaiming", "default"),
+def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Optional[Sequence[str]] = None,
                  reference_on_ratio: float = 0.5, command: Optional[str] = None,
                  rerun_command: Optional[str] = None, analysis: Optional["AnalysisSpec"] = None) -> Report:
     """Write ``trials.csv``, ``epochs.csv``, ``arms.csv``, ``paired.csv``, the figures and ``report.md`` into

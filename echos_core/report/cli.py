@@ -10,6 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Optional
 
+from ..registry import baselines, scheme_names
+
 __all__ = ["register"]
 
 
@@ -34,8 +36,8 @@ def register(sub) -> None:
                                                     "'all' pools every invocation, one trial per arm and seed)")
     p.add_argument("--out", "-o", metavar="DIR", help="parent folder (default results/); the report goes to "
                                                       "DIR/<sweep>/")
-    p.add_argument("--baselines", nargs="+", metavar="SCHEME", default=["kaiming", "default"],
-                   help="init schemes every DoG arm is compared with (default: kaiming default)")
+    p.add_argument("--baselines", nargs="+", metavar="SCHEME", default=list(baselines()),
+                   help=f"init schemes every DoG arm is compared with (default: {' '.join(baselines())})")
     p.add_argument("--metric", default="val_top1", help="metric compared at the final epoch (default val_top1; "
                                                         "lower is better for *loss*)")
     p.add_argument("--reference-on-ratio", type=float, default=0.5, metavar="R",
@@ -72,14 +74,12 @@ def _spec_target(sweep: str) -> Optional[Path]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..config import INIT_SCHEMES
-    from ..sweep.spec import default_tracking_uri
     from ..tracking import resolve_tracking_uri
     from .load import ReportError
 
-    unknown = [b for b in args.baselines if b not in INIT_SCHEMES]
+    unknown = [b for b in args.baselines if b not in scheme_names()]
     if unknown:
-        raise ReportError(f"--baselines {' '.join(unknown)}: unknown init scheme; known: {', '.join(INIT_SCHEMES)}")
+        raise ReportError(f"--baselines {' '.join(unknown)}: unknown init scheme; known: {', '.join(scheme_names())}")
     if not 0.0 <= args.reference_on_ratio <= 1.0:
         raise ReportError(f"--reference-on-ratio={args.reference_on_ratio}: must be in [0, 1]")
 
@@ -99,7 +99,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         analysis = spec.analysis
     if args.analysis:
         analysis = load_analysis(args.analysis)
-    tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri or default_tracking_uri())
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri)
 
     from .build import build_report
     from .load import load_sweep
@@ -184,7 +184,7 @@ def _regenerate_command(args: argparse.Namespace) -> str:
         parts += ["--sweep-id", args.sweep_id]
     if args.out and args.out != "results":
         parts += ["--out", args.out]
-    if list(args.baselines) != ["kaiming", "default"]:
+    if list(args.baselines) != list(baselines()):
         parts += ["--baselines", *args.baselines]
     if args.metric != "val_top1":
         parts += ["--metric", args.metric]
@@ -218,9 +218,9 @@ def _logged_spec_name(runs) -> Optional[str]:
     if not runs.parents:
         return None
     try:
-        from mlflow import MlflowClient
+        from ..tracking import mlflow_client
 
-        arts = MlflowClient(tracking_uri=runs.tracking_uri).list_artifacts(runs.parents[-1]["run_id"])
+        arts = mlflow_client(runs.tracking_uri).list_artifacts(runs.parents[-1]["run_id"])
     except Exception:  # artifacts are a convenience here, never a reason to fail the report
         return None
     names = [a.path for a in arts if not a.is_dir and a.path.endswith((".yaml", ".yml"))]

@@ -18,14 +18,14 @@ per-epoch curves in long form (``curves``).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 
-from ..tracking import find_runs
+from ..tracking import (ROLE_SWEEP, TAG_ASHA_STOPPED, TAG_ROLE, TAG_SEED, TAG_STATUS, TAG_SWEEP, TAG_SWEEP_ID,
+                        TAG_TRIAL_ID, echos_tag, find_runs, mlflow_client)
 
 __all__ = ["ReportError", "SweepRuns", "load_sweep", "parse_param", "CURVE_KEYS", "TRIAL_COLUMNS"]
 
@@ -80,12 +80,6 @@ def parse_param(s: Optional[str]) -> Any:
         return s
 
 
-def _client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
 def _check_store(tracking_uri: str) -> None:
     """A SQLite store that does not exist is an error (MLflow would silently create an empty one)."""
     if tracking_uri.startswith("sqlite:///"):
@@ -116,29 +110,28 @@ def load_sweep(tracking_uri: str, sweep: str, experiment: Optional[str] = None, 
     ``sweep_id``: which invocation; ``None`` = the newest, ``'all'`` = every invocation pooled.
     Raises :class:`ReportError` (one line) for an unknown store, experiment, sweep, sweep id or metric.
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     experiment = experiment or sweep
     _check_store(tracking_uri)
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage != "active":
         names = _experiment_names(client)
         raise ReportError(f"experiment {experiment!r} not found in {tracking_uri}; experiments there: "
                           f"{', '.join(names) if names else '(none)'}")
-    runs = find_runs(tracking_uri, experiment, {"echos.sweep": sweep})  # oldest first
-    trials = [r for r in runs if "echos.trial_id" in r.data.tags]
+    runs = find_runs(tracking_uri, experiment, {TAG_SWEEP: sweep})  # oldest first
+    trials = [r for r in runs if TAG_TRIAL_ID in r.data.tags]
     if not trials:
-        others = sorted({r.data.tags.get("echos.sweep") for r in find_runs(tracking_uri, experiment, {})} - {None})
+        others = sorted({r.data.tags.get(TAG_SWEEP) for r in find_runs(tracking_uri, experiment, {})} - {None})
         raise ReportError(f"sweep {sweep!r}: no trial runs in experiment {experiment!r} ({tracking_uri}); "
                           f"sweeps there: {', '.join(others) if others else '(none)'}")
-    parents = [r for r in runs if r.data.tags.get("echos.role") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_SWEEP]
 
     # ---- which invocation(s): ordered by their first run
     first_seen: dict[str, int] = {}
     for r in parents + trials:
-        sid = r.data.tags.get("echos.sweep_id", "")
+        sid = r.data.tags.get(TAG_SWEEP_ID, "")
         first_seen[sid] = min(first_seen.get(sid, r.info.start_time), r.info.start_time)
-    all_ids = sorted((s for s in first_seen if any(t.data.tags.get("echos.sweep_id", "") == s for t in trials)),
+    all_ids = sorted((s for s in first_seen if any(t.data.tags.get(TAG_SWEEP_ID, "") == s for t in trials)),
                      key=lambda s: (first_seen[s], s))
     if sweep_id is None:
         chosen = all_ids[-1:]
@@ -149,7 +142,7 @@ def load_sweep(tracking_uri: str, sweep: str, experiment: Optional[str] = None, 
     else:
         raise ReportError(f"--sweep-id {sweep_id!r}: not a sweep id of {sweep!r} with trials; known: "
                           f"{', '.join(all_ids)} (or 'all')")
-    trials = [t for t in trials if t.data.tags.get("echos.sweep_id", "") in chosen]
+    trials = [t for t in trials if t.data.tags.get(TAG_SWEEP_ID, "") in chosen]
     if not any(metric in t.data.metrics for t in trials):
         logged = sorted({k for t in trials for k in t.data.metrics})
         raise ReportError(f"--metric {metric!r}: no trial logged it; logged metrics: {', '.join(logged)}")
@@ -171,9 +164,9 @@ def load_sweep(tracking_uri: str, sweep: str, experiment: Optional[str] = None, 
     order = list(TRIAL_COLUMNS) + [f"final_{metric}"] + best + finals + tag_cols + param_keys
     df = df[[c for c in dict.fromkeys(order) if c in df.columns]]
     curve_df = pd.DataFrame(curves, columns=["run_id", "key", "epoch", "value"])
-    parent_info = [{"run_id": p.info.run_id, "sweep_id": p.data.tags.get("echos.sweep_id", ""),
+    parent_info = [{"run_id": p.info.run_id, "sweep_id": p.data.tags.get(TAG_SWEEP_ID, ""),
                     "params": dict(p.data.params), "tags": dict(p.data.tags)}
-                   for p in parents if p.data.tags.get("echos.sweep_id", "") in chosen]
+                   for p in parents if p.data.tags.get(TAG_SWEEP_ID, "") in chosen]
     return SweepRuns(sweep=sweep, experiment=experiment, tracking_uri=tracking_uri, metric=metric,
                      sweep_ids=chosen, all_sweep_ids=all_ids, trials=df, curves=curve_df,
                      param_keys=param_keys, parents=parent_info)
@@ -190,17 +183,17 @@ def _trial_row(client, run, metric: str) -> tuple[dict, list[tuple]]:
     steps = [s for s, _ in hist.get(metric, [])]
     epochs_completed = int(latest["epoch"]) if "epoch" in latest else (max(steps) if steps else 0)
     planned = parse_param(params.get("train.epochs"))
-    stopped = tags.get("echos.asha_stopped", "false").lower() == "true" or tags.get("echos.status") == "stopped"
-    status = tags.get("echos.status", run.info.status.lower())
+    stopped = tags.get(TAG_ASHA_STOPPED, "false").lower() == "true" or tags.get(TAG_STATUS) == "stopped"
+    status = tags.get(TAG_STATUS, run.info.status.lower())
     final = latest.get(metric, math.nan)
     complete = (not stopped and status not in ("error", "stopped") and isinstance(planned, int)
                 and epochs_completed >= planned and math.isfinite(final))
-    seed = parse_param(params.get("seed", tags.get("echos.seed")))
+    seed = parse_param(params.get("seed", tags.get(TAG_SEED)))
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "mlflow_run_name": run.info.run_name,
-        "sweep_id": tags.get("echos.sweep_id", ""),
-        "trial_id": tags.get("echos.trial_id", ""),
+        "sweep_id": tags.get(TAG_SWEEP_ID, ""),
+        "trial_id": tags.get(TAG_TRIAL_ID, ""),
         "seed": seed,
         "status": status,
         "asha_stopped": stopped,
@@ -221,8 +214,8 @@ def _trial_row(client, run, metric: str) -> tuple[dict, list[tuple]]:
             if key == metric:
                 row["best_epoch"] = step
     for name in _TAG_COLUMNS:
-        if f"echos.{name}" in tags:
-            row[name] = tags[f"echos.{name}"]
+        if echos_tag(name) in tags:
+            row[name] = tags[echos_tag(name)]
     for key, value in params.items():  # the config keys; none collides with the names above but ``seed``
         row[key] = parse_param(value)
     row["seed"] = seed

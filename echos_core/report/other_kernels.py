@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import config_to_dict, flatten
+from ..registry import report_rank
+
 __all__ = ["initial_model", "analyse_trials", "write_other_kernels", "resolve_sweep_dir"]
 
 
@@ -65,10 +68,20 @@ def _final_checkpoints(sweep_dir: Path) -> list[Path]:
     return out
 
 
-def _arm(cfg) -> str:
-    if cfg.init.scheme == "dog":
-        return f"dog on_ratio={cfg.init.on_ratio:g}"
-    return cfg.init.scheme
+def _arm_labels(configs: dict[str, dict]) -> dict[str, str]:
+    """trial -> arm label, exactly as the sweep report names arms (:func:`echos_core.report.stats.assign_arms`)."""
+    import pandas as pd
+
+    from .stats import assign_arms
+
+    trials = list(configs)
+    table = assign_arms(pd.DataFrame([configs[t] for t in trials]))
+    return dict(zip(trials, table["arm"]))
+
+
+def _arm_order(arm: str) -> tuple:
+    """Arms of the schemes under study first, then the baselines; alphabetical within each."""
+    return (report_rank(arm.split(" ")[0])[0], arm)
 
 
 def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[list[dict], dict]:
@@ -78,7 +91,8 @@ def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[li
 
     sweep_dir = resolve_sweep_dir(sweep_dir)
     rows: list[dict] = []
-    examples: dict = {}
+    examples: dict = {}  # trial -> its "other" kernels
+    configs: dict[str, dict] = {}  # trial -> flattened config
     k = 7
     for path in _final_checkpoints(sweep_dir):
         model, cfg, info = model_from_checkpoint(path)
@@ -98,16 +112,24 @@ def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[li
         flat, flat0 = w.reshape(len(w), -1), w0.reshape(len(w0), -1)
         moved = np.linalg.norm(flat - flat0, axis=1) / np.maximum(np.linalg.norm(flat0, axis=1), 1e-12)
         cos = (flat * flat0).sum(1) / np.maximum(np.linalg.norm(flat, axis=1) * np.linalg.norm(flat0, axis=1), 1e-12)
-        arm = _arm(cfg)
+        trial = path.parent.parent.name
+        configs[trial] = flatten(config_to_dict(cfg))
         for i in range(len(w)):
-            rows.append({"arm": arm, "seed": cfg.seed, "trial": path.parent.parent.name, "layer": layer[i],
+            rows.append({"arm": trial, "seed": cfg.seed, "trial": trial, "layer": layer[i],
                          "label": labels[i], "csi": float(csi[i]), "dog_r2": float(fit.r2[i]),
                          "shape": shapes.family[i], "shape_r2": float(shapes.r2[i]),
                          "moved": float(moved[i]), "cos_to_init": float(cos[i])})
-        if arm not in examples and np.any(labels == "other"):  # the first trial of the arm with 'other' kernels
-            examples[arm] = {"kernels": torch.from_numpy(w[labels == "other"]).float(),
-                             "trial": path.parent.parent.name, "seed": cfg.seed,
-                             "layers": sorted(set(layer[labels == "other"].tolist())), "n_layer_kernels": len(w)}
+        if np.any(labels == "other"):
+            examples[trial] = {"kernels": torch.from_numpy(w[labels == "other"]).float(), "trial": trial,
+                               "seed": cfg.seed, "layers": sorted(set(layer[labels == "other"].tolist())),
+                               "n_layer_kernels": len(w)}
+    arm_of = _arm_labels(configs)
+    for row in rows:
+        row["arm"] = arm_of[row["trial"]]
+    firsts: dict = {}
+    for trial, example in examples.items():  # one example trial per arm, the first one
+        firsts.setdefault(arm_of[trial], example)
+    examples = firsts
     # the chance level of the shape fit: i.i.d. Gaussian kernels of the same size
     noise = np.random.default_rng(0).standard_normal((noise_kernels, k, k))
     chance = fit_shapes(noise)
@@ -117,7 +139,7 @@ def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[li
 
 def _summary(rows: list[dict]) -> list[dict]:
     out = []
-    arms = sorted({r["arm"] for r in rows}, key=lambda a: (not a.startswith("dog"), a))
+    arms = sorted({r["arm"] for r in rows}, key=_arm_order)
     for arm in arms:
         sel = [r for r in rows if r["arm"] == arm]
         other = [r for r in sel if r["label"] == "other"]

@@ -6,7 +6,7 @@ one row per trial with the dotted config keys as columns, ``seed``, ``complete``
 
 * **arm**: a trial's configuration minus its seed, keeping only the keys that vary across the
   sweep and matter for its init scheme (``init.on_ratio`` is no part of a ``kaiming`` arm even
-  when the search sampled it; :data:`SCHEME_KEYS`).  Bookkeeping keys (threads, folders, MLflow,
+  when the search sampled it; :func:`echos_core.registry.applicable_keys`).  Bookkeeping keys (threads, folders, MLflow,
   the ``arm.<name>`` label param a sweep adds for MLflow's compare view) never make an arm.
   Label: ``dog on_ratio=0.25``, ``kaiming``, ``dog on_ratio=0.5 kernel_size=7``.
 * **final value**: the metric at the trial's last epoch, for *complete* trials only (ran every
@@ -34,25 +34,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ..registry import INIT_SCHEMES, applicable_keys, report_rank
+
 __all__ = [
-    "SCHEME_KEYS", "BOOKKEEPING_KEYS", "CONFIDENCE", "PAIR_COLUMNS",
+    "BOOKKEEPING_KEYS", "CONFIDENCE", "PAIR_COLUMNS",
     "arm_keys", "assign_arms", "arm_order", "final_values", "t_interval", "arm_summary",
     "paired_differences", "on_ratio_contrasts", "holm", "on_ratio_trend", "lower_is_better",
 ]
 
 CONFIDENCE = 0.95
-# The init.* keys each scheme reads (echos_core.inits); a scheme not listed keeps every init.* key.
-SCHEME_KEYS: dict[str, tuple[str, ...]] = {
-    "default": (),
-    "kaiming": ("init.fraction",),
-    "dog": ("init.gamma_low", "init.gamma_high", "init.on_ratio", "init.scale", "init.fraction", "init.noise",
-            "init.normalisation"),
-    "random-field": ("init.scale", "init.fraction", "init.noise", "init.length_scale"),
-}
 # Keys that change where or how fast a run goes, not what it computes.
 BOOKKEEPING_KEYS = frozenset({"seed", "output_dir", "run_name", "train.threads", "data.num_workers", "data.root",
                               "data.download", "train.checkpoint_every", "train.keep_checkpoints"})
-_SCHEME_RANK = {"dog": 0, "random-field": 1, "kaiming": 8, "default": 9}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -65,8 +58,9 @@ def lower_is_better(metric: str) -> bool:
 def _relevant(key: str, scheme: Any) -> bool:
     if not key.startswith("init.") or key == "init.scheme":
         return True
-    keys = SCHEME_KEYS.get(scheme)
-    return keys is None or key in keys
+    if scheme not in INIT_SCHEMES:  # a scheme this process does not know: keep every init.* key
+        return True
+    return key in applicable_keys(scheme)
 
 
 def _masked(row: pd.Series, key: str) -> Any:
@@ -154,7 +148,7 @@ def arm_order(trials: pd.DataFrame) -> list[str]:
     for _, row in trials.iterrows():
         if row["arm"] not in seen:
             scheme = row.get("init.scheme")
-            seen[row["arm"]] = (_SCHEME_RANK.get(scheme, 5), str(scheme),
+            seen[row["arm"]] = (report_rank(scheme), str(scheme),
                                 tuple(_sort_value(_masked(row, k)) for k in keys if k != "init.scheme"))
     return sorted(seen, key=lambda a: seen[a])
 

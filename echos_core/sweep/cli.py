@@ -46,7 +46,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..tracking import resolve_tracking_uri
     from .runner import resolve_storage
     from .smoke import smoke_spec
-    from .spec import SpecError, default_tracking_uri, load_spec
+    from .spec import SpecError, load_spec
     from .summary import describe_spec
     from .validate import check_trainer_configs
 
@@ -61,7 +61,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         spec, notes = smoke_spec(spec, cuda_available=torch.cuda.is_available())
         n_checked = check_trainer_configs(spec)
-    tracking_uri = resolve_tracking_uri(spec.tracking_uri or default_tracking_uri())
+    tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
     print(describe_spec(spec, tracking_uri, storage, n_checked), flush=True)
     for n in notes:
@@ -83,12 +83,11 @@ def _port_free(port: int) -> bool:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from ..sweep.spec import default_tracking_uri
     from ..tracking import resolve_tracking_uri
 
     if not 1 <= args.port <= 65535:
         raise ConfigError("--port", args.port, "must be in 1..65535")
-    uri = resolve_tracking_uri(args.backend_store_uri or default_tracking_uri())
+    uri = resolve_tracking_uri(args.backend_store_uri)
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is already a tracking server: open it in a browser")
         return 0

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from ..tracking import ROLE_SWEEP, TAG_ROLE, TAG_STATUS, TAG_STORAGE, TAG_SWEEP, TAG_SWEEP_ID
 from ..config import flatten
-from .spec import SpecError, SweepSpec, default_tracking_uri
+from .spec import SpecError, SweepSpec
 from .summary import summarise
 from .trainable import TrialContext, run_trial
 
@@ -245,7 +246,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
 
     from ..tracking import MlflowRun, is_remote_tracking_uri, resolve_tracking_uri
 
-    tracking_uri = resolve_tracking_uri(spec.tracking_uri or default_tracking_uri())
+    tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
     if address:
         if not is_remote_tracking_uri(tracking_uri):
@@ -282,8 +283,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         _check_fits(spec, address)
         # ---- the sweep's parent run in MLflow (the driver creates the experiment and the store)
         parent = MlflowRun(tracking_uri, spec.experiment, sweep_id, _parent_params(spec),
-                           {"echos.sweep": spec.name, "echos.sweep_id": sweep_id, "echos.role": "sweep",
-                            "echos.status": "running", "echos.storage": exp_path},
+                           {TAG_SWEEP: spec.name, TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_SWEEP,
+                            TAG_STATUS: "running", TAG_STORAGE: exp_path},
                            run_id=parent_run_id)
         if not resume:
             _write_json(storage, f"{sweep_id}/{SWEEP_FILE}", {
@@ -325,7 +326,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         results = tuner.fit()
         wall = time.time() - t0
         summary = summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out)
-        parent.set_tags({"echos.status": "finished", **summary})
+        parent.set_tags({TAG_STATUS: "finished", **summary})
         parent.end("FINISHED")
     finally:
         ray.shutdown()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,6 @@ __all__ = [
     "possible_values",
     "base_value",
     "inline",
-    "default_tracking_uri",
     "SEARCH_ALGORITHMS",
     "SCHEDULERS",
     "PARAM_TYPES",
@@ -679,9 +677,3 @@ def base_value(base: dict, key: str) -> Any:
             return cfg
         cur = cur[part]
     return cur
-
-
-def default_tracking_uri() -> str:
-    from ..tracking import DEFAULT_TRACKING_URI
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI

@@ -11,6 +11,7 @@ from typing import Optional
 
 from ray.tune import Callback
 
+from ..tracking import TAG_ASHA_STOPPED, TAG_LAST_EPOCH, TAG_STATUS, TAG_SWEEP_ID, TAG_TRIAL_ID
 from .trainable import trial_outcome
 
 __all__ = ["MlflowTrialStatus"]
@@ -71,11 +72,11 @@ class MlflowTrialStatus(Callback):
         from ..tracking import delete_run, find_runs
 
         dropped = []
-        for run in find_runs(self.tracking_uri, self.experiment, {"echos.sweep_id": self.sweep_id}):
-            tid = run.data.tags.get("echos.trial_id")
+        for run in find_runs(self.tracking_uri, self.experiment, {TAG_SWEEP_ID: self.sweep_id}):
+            tid = run.data.tags.get(TAG_TRIAL_ID)
             if tid and tid not in trial_ids:
                 delete_run(self.tracking_uri, run.info.run_id,
-                           {"echos.status": "orphaned", "echos.asha_stopped": "false"})
+                           {TAG_STATUS: "orphaned", TAG_ASHA_STOPPED: "false"})
                 dropped.append(run.info.run_id)
         return dropped
 
@@ -87,13 +88,13 @@ class MlflowTrialStatus(Callback):
         run_id = last.get("mlflow_run_id")
         if not run_id:
             found = find_runs(self.tracking_uri, self.experiment,
-                              {"echos.sweep_id": self.sweep_id, "echos.trial_id": trial_id})
+                              {TAG_SWEEP_ID: self.sweep_id, TAG_TRIAL_ID: trial_id})
             if not found:
                 return None
             run_id = found[0].info.run_id
         status, stopped, mlflow_status = trial_outcome(last, errored)
-        tags = {"echos.status": status, "echos.asha_stopped": "true" if stopped else "false"}
+        tags = {TAG_STATUS: status, TAG_ASHA_STOPPED: "true" if stopped else "false"}
         if last.get("epoch") is not None:
-            tags["echos.last_epoch"] = int(last["epoch"])
+            tags[TAG_LAST_EPOCH] = int(last["epoch"])
         end_run(self.tracking_uri, run_id, mlflow_status, tags)
         return status

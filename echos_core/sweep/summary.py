@@ -8,6 +8,8 @@ import statistics
 from collections import defaultdict
 from typing import Any, Optional, TextIO
 
+from ..tracking import (TAG_BEST_CHECKPOINT, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_N_ASHA_STOPPED, TAG_N_ERRORS,
+                        TAG_N_TRIALS, TAG_WALL_S, best_metric_tag)
 from .analysis_spec import power_lines, resolve_pilot_sd
 from .spec import SweepSpec, base_value
 from .trainable import sampled_values, trial_outcome
@@ -66,8 +68,8 @@ def summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id
     p("")
     p(f"sweep {sweep_id}: {len(rows)} trials in {wall / 60:.1f} min: {len(rows) - n_err - n_stop} finished, "
       f"{n_stop} stopped early by ASHA, {n_err} failed")
-    tags = {"echos.n_trials": len(rows), "echos.n_asha_stopped": n_stop, "echos.n_errors": n_err,
-            "echos.wall_s": round(wall, 1)}
+    tags = {TAG_N_TRIALS: len(rows), TAG_N_ASHA_STOPPED: n_stop, TAG_N_ERRORS: n_err,
+            TAG_WALL_S: round(wall, 1)}
 
     ok = [r for r in rows if not r["error"] and _finite(r["metrics"].get(spec.metric))]
     if ok:
@@ -80,8 +82,8 @@ def summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id
           f"config {_inline(best['config'])}")
         p(f"  checkpoint: {ckpt}")
         p(f"  mlflow run: {m.get('mlflow_run_id')}")
-        tags.update({"echos.best_trial_id": m.get("trial_id"), "echos.best_run_id": m.get("mlflow_run_id"),
-                     f"echos.best_{spec.metric}": m[spec.metric], "echos.best_checkpoint": ckpt})
+        tags.update({TAG_BEST_TRIAL_ID: m.get("trial_id"), TAG_BEST_RUN_ID: m.get("mlflow_run_id"),
+                     best_metric_tag(spec.metric): m[spec.metric], TAG_BEST_CHECKPOINT: ckpt})
         if len(spec.seeds) > 1:
             _print_by_config(spec, ok, p)
     else:

@@ -32,6 +32,8 @@ from typing import Optional
 
 import yaml
 
+from ..tracking import (TAG_ASHA_STOPPED, TAG_ERROR, TAG_NODE_HOST, TAG_NODE_ID, TAG_SEED, TAG_STATUS, TAG_SWEEP,
+                        TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, environment_tags)
 from .spec import SweepSpec
 
 __all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "TRIAL_STATE_FILE",
@@ -118,20 +120,20 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     run_id = state.get("mlflow_run_id")
     if run_id is None:
         found = find_runs(ctx.tracking_uri, spec.experiment,
-                          {"echos.sweep_id": ctx.sweep_id, "echos.trial_id": trial_id})
+                          {TAG_SWEEP_ID: ctx.sweep_id, TAG_TRIAL_ID: trial_id})
         run_id = found[0].info.run_id if found else None
     node_id = ray.get_runtime_context().get_node_id()
-    tags = {f"echos.{k}": v for k, v in environment().items() if v is not None}
+    tags = environment_tags(environment())
     tags.update({
-        "echos.sweep": spec.name,
-        "echos.sweep_id": ctx.sweep_id,
-        "echos.trial_id": trial_id,
-        "echos.trial_name": tctx.get_trial_name(),
-        "echos.seed": seed,
-        "echos.status": "running",
-        "echos.asha_stopped": "false",
-        "echos.node_id": node_id,
-        "echos.node_host": socket.gethostname(),
+        TAG_SWEEP: spec.name,
+        TAG_SWEEP_ID: ctx.sweep_id,
+        TAG_TRIAL_ID: trial_id,
+        TAG_TRIAL_NAME: tctx.get_trial_name(),
+        TAG_SEED: seed,
+        TAG_STATUS: "running",
+        TAG_ASHA_STOPPED: "false",
+        TAG_NODE_ID: node_id,
+        TAG_NODE_HOST: socket.gethostname(),
     })
     run_name = f"{cfg.default_run_name()}-{trial_id.rsplit('_', 1)[-1]}"
     params = config_to_dict(cfg)
@@ -167,10 +169,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     try:
         train(cfg, run_dir=run_dir, callback=on_epoch, resume_from=resume_from)
     except Exception as e:  # a failure (FailureConfig may retry it; the run is reattached then)
-        run.set_tags({"echos.status": "error", "echos.error": " ".join(f"{type(e).__name__}: {e}".split())[:500]})
+        run.set_tags({TAG_STATUS: "error", TAG_ERROR: " ".join(f"{type(e).__name__}: {e}".split())[:500]})
         run.end("FAILED")
         raise
     # (Ray ends a trial the scheduler stopped by raising SystemExit in its report call: not a
     # failure, and the driver marks how the trial ended.)
-    run.set_tags({"echos.status": "finished", "echos.asha_stopped": "false"})
+    run.set_tags({TAG_STATUS: "finished", TAG_ASHA_STOPPED: "false"})
     run.end("FINISHED")
