@@ -119,3 +119,18 @@ def test_onoff_ratio_dry_run_power_table(capsys):
     row = next(line for line in out.splitlines() if line.rstrip().endswith("<- this spec"))
     assert row.split()[:2] == ["4", f"{min_detectable_difference(1.9, 4):.2f}"]
     assert "UNDERPOWERED" in out
+
+
+def test_resume_ignores_the_analysis_section_but_not_what_runs():
+    import json
+
+    from echos_core.sweep.runner import _check_same_spec
+    from echos_core.sweep.spec import SpecError
+
+    without = parse_spec({k: v for k, v in SPEC.items() if k != "analysis"})
+    saved = {"spec": json.loads(json.dumps(without.summary_dict(), default=str))}
+    _check_same_spec(parse_spec(_spec()), saved, "sqlite:///x.db")  # analysis added after the start: fine
+    changed = copy.deepcopy(SPEC)
+    changed["seeds"] = [0, 1]
+    with pytest.raises(SpecError, match="--resume seeds"):
+        _check_same_spec(parse_spec(changed), saved, "sqlite:///x.db")
