@@ -531,3 +531,22 @@ def test_report_of_a_tiny_real_sweep_with_a_declared_analysis(tmp_path):
     assert main(["report", "--from-csv", str(d), "--out", str(tmp_path / "again")]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "tiny" / "declared.csv"),
                                   pd.read_csv(d / "declared.csv"))
+
+
+def test_pilot_sd_read_from_an_earlier_sweep_in_mlflow(store, tmp_path, capsys):
+    """analysis.pilot_sd: {sweep: fake} -> sqrt(2) x the residual sd of fake's arm + seed model (complete trials)."""
+    import yaml
+
+    from echos_core.report.design import PooledModel
+
+    spec = yaml.safe_load((REPO / "sweeps" / "digits.yaml").read_text())
+    spec["analysis"]["pilot_sd"] = {"sweep": SWEEP, "tracking_uri": store["uri"]}
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    table = pd.DataFrame([{"arm": f"{s} {r}", "seed": seed, "y": v} for (s, r), vals in FINAL.items()
+                          for seed, v in enumerate(vals)])
+    sd = PooledModel(table).paired_sd
+    assert f"power (paired sd {sd:g} points from sweep '{SWEEP}' (15 complete trials" in out
+    assert f"{min_detectable_difference(sd, 4):.2f}" in out

@@ -80,3 +80,20 @@ def test_forest_plot_highlights_the_primary_and_draws_the_margin():
     assert spans == [pytest.approx((-6.5, -2.7)), pytest.approx((-0.2, 3.6))]
     bold = [t for t in ax.get_yticklabels() if t.get_fontweight() == "bold"]
     assert [t.get_text() for t in bold] == ["dog on_ratio=1 − dog on_ratio=0.5"]
+
+
+def test_trainer_mosaic_titles_name_the_run_layer_and_kernel_count(tmp_path, monkeypatch):
+    import echos_core.plots as plots
+    from echos_core.config import config_from_dict
+    from echos_core.models import create_model
+    from echos_core.trainer import write_kernel_mosaics
+
+    calls = []
+    monkeypatch.setattr(plots, "kernel_mosaic", lambda kernels, path, **kw: calls.append((kernels.shape, kw)) or path)
+    cfg = config_from_dict({"model": {"name": "convmixer", "dim": 96, "depth": 2, "kernel_size": 5, "patch_size": 2}})
+    model = create_model(cfg.model, num_classes=4, in_chans=3)
+    write_kernel_mosaics(model, tmp_path / "run-7" / "kernels", "init", max_kernels=64)
+    assert len(calls) == 2  # first and last depthwise layer
+    for shape, kw in calls:
+        assert shape[0] == 96 and kw["max_kernels"] == 64  # all 96 handed over: the mosaic says "first 64 of 96"
+        assert kw["title"].startswith("run run-7, init: layer blocks.") and kw["title"].endswith("96 kernels")
