@@ -23,10 +23,10 @@ test-fast: bootstrap
 ## digits study (Ray Tune sweeps logged to ./mlflow.db), their reports, and the "other"-kernel analysis.
 results: bootstrap
 	$(UV) run --frozen echos sweep sweeps/onoff_ratio.yaml
-	$(UV) run --frozen echos report onoff_ratio --out results
+	$(UV) run --frozen echos report sweeps/onoff_ratio.yaml --out results
 	$(UV) run --frozen echos other-kernels onoff_ratio --out results/other_kernels
 	$(UV) run --frozen echos sweep sweeps/digits.yaml
-	$(UV) run --frozen echos report digits --out results
+	$(UV) run --frozen echos report sweeps/digits.yaml --out results
 
 ## Fashion-MNIST (data.name: fashion_mnist) from Debian's dataset-fashion-mnist package, installed with apt when
 ## missing. Without apt: put the four idx files (plain or .gz) in a folder and set data.root, or data.download: true.

@@ -18,11 +18,13 @@ __all__ = ["register"]
 def register(sub) -> None:
     p = sub.add_parser(
         "report", help="summarise a sweep from MLflow: per-arm statistics, paired differences, figures, report.md",
-        description="Read the trial runs of a sweep from the MLflow tracking store and write OUT/<sweep>/: "
-                    "trials.csv (one row per trial), arms.csv, paired.csv, PNG figures and report.md "
-                    "(per-arm mean, sd and 95% CI of the final metric; seed-paired differences of every DoG "
-                    "arm against each baseline, Holm-adjusted; the trend across init.on_ratio). Trials stopped "
-                    "early by ASHA are counted but never used for final-value claims.")
+        description="Read the trial runs of a sweep from the MLflow tracking store (or, with --from-csv, from the "
+                    "CSVs of an earlier report) and write OUT/<sweep>/: trials.csv (one row per trial), epochs.csv "
+                    "(every trial's metrics per epoch), arms.csv, paired.csv, PNG figures and report.md. With a "
+                    "declared analysis (the spec's `analysis:` section, or --analysis) the primary result comes "
+                    "first and every claim is worded by rule (better / worse / equivalent within ±m / not resolved "
+                    "at n); the other tables are exploratory, Holm-adjusted. Trials stopped early by ASHA are "
+                    "counted but never used for final-value claims.")
     p.add_argument("sweep", metavar="SWEEP", nargs="?",
                    help="sweep name (the spec's `name`, e.g. quick or quick-smoke), or the spec file itself "
                         "(sweeps/quick.yaml); leave out with --from-csv")
