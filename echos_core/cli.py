@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Named I/O errors a user causes with a path (a missing file, a folder given for a file, no permission).
+USER_IO_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except ValueError as e:  # ConfigError and the one-line checks of models, inits and data
+    except (ConfigError, *USER_IO_ERRORS) as e:  # bad input: one line, exit 2; anything else keeps its traceback
         print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping, Optional
 import yaml
 
 from .registry import scheme_names
+from .validation import ConfigError, choice, float_range, int_range, is_int, nonempty
 
 __all__ = [
     "ConfigError",
@@ -38,16 +39,6 @@ __all__ = [
     "flatten",
     "describe",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value breaks a rule.  ``str(err)`` is one line: field, value, rule."""
-
-    def __init__(self, field_name: str, value: Any, rule: str):
-        self.field = field_name
-        self.value = value
-        self.rule = rule
-        super().__init__(f"{field_name}={value!r}: {rule}")
 
 
 def _doc(text: str, **kw: Any) -> dict:
@@ -71,17 +62,17 @@ class ModelConfig:
     drop_rate: float = field(default=0.0, metadata=_doc("dropout before the classifier, in [0, 1)"))
 
     def validate(self, p: str = "model") -> None:
-        _nonempty(f"{p}.name", self.name)
+        nonempty(f"{p}.name", self.name)
         if self.kernel_size is not None:
-            _int_range(f"{p}.kernel_size", self.kernel_size, 3, 13)
+            int_range(f"{p}.kernel_size", self.kernel_size, 3, 13)
             if self.kernel_size % 2 == 0:
                 raise ConfigError(f"{p}.kernel_size", self.kernel_size, "must be odd")
         for n in ("dim", "depth", "patch_size"):
             v = getattr(self, n)
             if v is not None:
-                _int_range(f"{p}.{n}", v, 1, None)
-        _float_range(f"{p}.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
-        _float_range(f"{p}.drop_rate", self.drop_rate, 0.0, 1.0, hi_open=True)
+                int_range(f"{p}.{n}", v, 1, None)
+        float_range(f"{p}.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
+        float_range(f"{p}.drop_rate", self.drop_rate, 0.0, 1.0, hi_open=True)
 
 
 @dataclass
@@ -97,15 +88,15 @@ class AugmentConfig:
     mix_prob: float = field(default=1.0, metadata=_doc("probability of applying mixup/CutMix to a batch"))
 
     def validate(self, p: str = "data.augment") -> None:
-        _float_range(f"{p}.hflip", self.hflip, 0.0, 1.0)
-        _int_range(f"{p}.crop_padding", self.crop_padding, 0, 64)
+        float_range(f"{p}.hflip", self.hflip, 0.0, 1.0)
+        int_range(f"{p}.crop_padding", self.crop_padding, 0, 64)
         if self.randaugment is not None and not str(self.randaugment).startswith("rand"):
             raise ConfigError(f"{p}.randaugment", self.randaugment,
                               "must be a timm RandAugment string starting with 'rand' (e.g. 'rand-m9-mstd0.5') or null")
-        _float_range(f"{p}.random_erasing", self.random_erasing, 0.0, 1.0)
-        _float_range(f"{p}.mixup", self.mixup, 0.0, None)
-        _float_range(f"{p}.cutmix", self.cutmix, 0.0, None)
-        _float_range(f"{p}.mix_prob", self.mix_prob, 0.0, 1.0)
+        float_range(f"{p}.random_erasing", self.random_erasing, 0.0, 1.0)
+        float_range(f"{p}.mixup", self.mixup, 0.0, None)
+        float_range(f"{p}.cutmix", self.cutmix, 0.0, None)
+        float_range(f"{p}.mix_prob", self.mix_prob, 0.0, 1.0)
 
 
 DATASETS = ("embedded", "digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "fake")
@@ -129,17 +120,17 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=_doc("training augmentation"))
 
     def validate(self, p: str = "data") -> None:
-        _choice(f"{p}.name", self.name, DATASETS)
+        choice(f"{p}.name", self.name, DATASETS)
         if self.name == "imagefolder" and not self.root:
             raise ConfigError(f"{p}.root", self.root, "is required when data.name is 'imagefolder'")
-        _int_range(f"{p}.image_size", self.image_size, 8, 1024)
+        int_range(f"{p}.image_size", self.image_size, 8, 1024)
         for n in ("train_limit", "val_limit"):
             v = getattr(self, n)
             if v is not None:
-                _int_range(f"{p}.{n}", v, 1, None)
-        _int_range(f"{p}.num_workers", self.num_workers, 0, 256)
-        _int_range(f"{p}.fake_size", self.fake_size, 4, None)
-        _int_range(f"{p}.fake_classes", self.fake_classes, 2, None)
+                int_range(f"{p}.{n}", v, 1, None)
+        int_range(f"{p}.num_workers", self.num_workers, 0, 256)
+        int_range(f"{p}.fake_size", self.fake_size, 4, None)
+        int_range(f"{p}.fake_classes", self.fake_classes, 2, None)
         self.augment.validate(f"{p}.augment")
 
 
@@ -165,17 +156,17 @@ class InitConfig:
         "random-field: length scale (pixels) of the Gaussian spatial covariance"))
 
     def validate(self, p: str = "init") -> None:
-        _choice(f"{p}.scheme", self.scheme, scheme_names())
-        _float_range(f"{p}.gamma_low", self.gamma_low, 0.0, 1.0, lo_open=True, hi_open=True)
-        _float_range(f"{p}.gamma_high", self.gamma_high, 0.0, 1.0, lo_open=True, hi_open=True)
+        choice(f"{p}.scheme", self.scheme, scheme_names())
+        float_range(f"{p}.gamma_low", self.gamma_low, 0.0, 1.0, lo_open=True, hi_open=True)
+        float_range(f"{p}.gamma_high", self.gamma_high, 0.0, 1.0, lo_open=True, hi_open=True)
         if self.gamma_high < self.gamma_low:
             raise ConfigError(f"{p}.gamma_high", self.gamma_high, f"must be >= init.gamma_low ({self.gamma_low})")
-        _float_range(f"{p}.on_ratio", self.on_ratio, 0.0, 1.0)
-        _choice(f"{p}.scale", self.scale, SCALE_RULES)
-        _float_range(f"{p}.fraction", self.fraction, 0.0, 1.0)
-        _float_range(f"{p}.noise", self.noise, 0.0, None)
-        _choice(f"{p}.normalisation", self.normalisation, NORMALISATIONS)
-        _float_range(f"{p}.length_scale", self.length_scale, 0.0, None, lo_open=True)
+        float_range(f"{p}.on_ratio", self.on_ratio, 0.0, 1.0)
+        choice(f"{p}.scale", self.scale, SCALE_RULES)
+        float_range(f"{p}.fraction", self.fraction, 0.0, 1.0)
+        float_range(f"{p}.noise", self.noise, 0.0, None)
+        choice(f"{p}.normalisation", self.normalisation, NORMALISATIONS)
+        float_range(f"{p}.length_scale", self.length_scale, 0.0, None, lo_open=True)
 
 
 @dataclass
@@ -201,28 +192,28 @@ class TrainConfig:
         "and kernel mosaics at init and at the last epoch"))
 
     def validate(self, p: str = "train") -> None:
-        _int_range(f"{p}.epochs", self.epochs, 1, None)
-        _int_range(f"{p}.batch_size", self.batch_size, 1, None)
-        _float_range(f"{p}.lr", self.lr, 0.0, None, lo_open=True)
-        _float_range(f"{p}.weight_decay", self.weight_decay, 0.0, None)
-        _float_range(f"{p}.warmup_epochs", self.warmup_epochs, 0.0, None)
-        _float_range(f"{p}.min_lr", self.min_lr, 0.0, None)
+        int_range(f"{p}.epochs", self.epochs, 1, None)
+        int_range(f"{p}.batch_size", self.batch_size, 1, None)
+        float_range(f"{p}.lr", self.lr, 0.0, None, lo_open=True)
+        float_range(f"{p}.weight_decay", self.weight_decay, 0.0, None)
+        float_range(f"{p}.warmup_epochs", self.warmup_epochs, 0.0, None)
+        float_range(f"{p}.min_lr", self.min_lr, 0.0, None)
         if self.min_lr > self.lr:
             raise ConfigError(f"{p}.min_lr", self.min_lr, f"must be <= train.lr ({self.lr})")
-        _float_range(f"{p}.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        float_range(f"{p}.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         if self.grad_clip is not None:
-            _float_range(f"{p}.grad_clip", self.grad_clip, 0.0, None, lo_open=True)
+            float_range(f"{p}.grad_clip", self.grad_clip, 0.0, None, lo_open=True)
         dev = str(self.device)
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"{p}.device", self.device, "must be one of auto, cpu, cuda, cuda:N")
-        _choice(f"{p}.amp", self.amp, ("auto", "bf16", "off"))
-        _choice(f"{p}.channels_last", self.channels_last, ("auto", "on", "off"))
+        choice(f"{p}.amp", self.amp, ("auto", "bf16", "off"))
+        choice(f"{p}.channels_last", self.channels_last, ("auto", "on", "off"))
         if self.steps_per_epoch is not None:
-            _int_range(f"{p}.steps_per_epoch", self.steps_per_epoch, 1, None)
-        _int_range(f"{p}.checkpoint_every", self.checkpoint_every, 1, None)
-        _int_range(f"{p}.keep_checkpoints", self.keep_checkpoints, 1, None)
+            int_range(f"{p}.steps_per_epoch", self.steps_per_epoch, 1, None)
+        int_range(f"{p}.checkpoint_every", self.checkpoint_every, 1, None)
+        int_range(f"{p}.keep_checkpoints", self.keep_checkpoints, 1, None)
         if self.threads is not None:
-            _int_range(f"{p}.threads", self.threads, 1, None)
+            int_range(f"{p}.threads", self.threads, 1, None)
 
 
 @dataclass
@@ -232,7 +223,7 @@ class MlflowConfig:
     experiment: str = field(default="echos", metadata=_doc("MLflow experiment name"))
 
     def validate(self, p: str = "mlflow") -> None:
-        _nonempty(f"{p}.experiment", self.experiment)
+        nonempty(f"{p}.experiment", self.experiment)
 
 
 @dataclass
@@ -252,8 +243,8 @@ class Config:
         self.init.validate()
         self.train.validate()
         self.mlflow.validate()
-        _int_range("seed", self.seed, 0, 2**32 - 1)
-        _nonempty("output_dir", self.output_dir)
+        int_range("seed", self.seed, 0, 2**32 - 1)
+        nonempty("output_dir", self.output_dir)
         return self
 
     def default_run_name(self) -> str:
@@ -262,45 +253,6 @@ class Config:
         if init == "dog":
             init = f"dog-on{self.init.on_ratio:g}"
         return f"{self.model.name}{ks}-{self.data.name}-{init}-s{self.seed}"
-
-
-# --------------------------------------------------------------------------- rule helpers
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _int_range(name: str, v: Any, lo: Optional[int], hi: Optional[int]) -> None:
-    if not _is_int(v):
-        raise ConfigError(name, v, "must be an integer")
-    if lo is not None and v < lo:
-        raise ConfigError(name, v, f"must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
-    if hi is not None and v > hi:
-        raise ConfigError(name, v, f"must be <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
-
-
-def _float_range(name: str, v: Any, lo: Optional[float], hi: Optional[float],
-                 lo_open: bool = False, hi_open: bool = False) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(name, v, "must be a finite number")
-    lo_s = f"{'>' if lo_open else '>='} {lo}"
-    hi_s = f"{'<' if hi_open else '<='} {hi}"
-    both = " and ".join(s for s, b in ((lo_s, lo is not None), (hi_s, hi is not None)) if b)
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ConfigError(name, v, f"must be {both}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ConfigError(name, v, f"must be {both}")
-
-
-def _choice(name: str, v: Any, allowed: tuple) -> None:
-    if v not in allowed:
-        raise ConfigError(name, v, f"must be one of {', '.join(map(str, allowed))}")
-
-
-def _nonempty(name: str, v: Any) -> None:
-    if not isinstance(v, str) or not v.strip():
-        raise ConfigError(name, v, "must be a non-empty string")
 
 
 # --------------------------------------------------------------------------- building from dicts
@@ -329,7 +281,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(name, value, "must be true or false")
         return value
     if base is int:
-        if not _is_int(value):
+        if not is_int(value):
             raise ConfigError(name, value, "must be an integer")
         return value
     if base is float:
@@ -348,7 +300,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(name, value, "must be a string")
         return value
     if typing.get_origin(base) is Literal:
-        _choice(name, value, typing.get_args(base))
+        choice(name, value, typing.get_args(base))
         return value
     return value
 

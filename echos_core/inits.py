@@ -37,6 +37,7 @@ from torch import nn
 
 from .config import InitConfig
 from .dog import check_dog, dog_kernels
+from .validation import ConfigError
 from .registry import INIT_SCHEMES, applicable_keys, get_init, register_init
 
 __all__ = [
@@ -221,7 +222,7 @@ def init_random_field_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, nam
     idx = _choose(w.shape[0], cfg.fraction, g)
     kernels = random_field_kernels(len(idx), kh, cfg.length_scale, g) if kh == kw else None
     if kernels is None:
-        raise ValueError(f"{name}: kernel {kh}x{kw} is not square; random-field needs square kernels")
+        raise ConfigError(f"{name}: kernel {kh}x{kw} is not square; random-field needs square kernels")
     kernels = _rescale(kernels, _target_norm(cfg, conv, before, unit=1.0))
     _write(conv, idx, kernels, cfg, g)
     return _report(name, conv, len(idx), 0, 0, before)
@@ -233,24 +234,24 @@ def init_random_field_(conv: nn.Conv2d, cfg: InitConfig, g: torch.Generator, nam
 def check_init(model: nn.Module, cfg: InitConfig) -> list[tuple[str, nn.Conv2d]]:
     """Validate ``cfg`` against ``model`` before any weight is touched; returns the depthwise convs.
 
-    Raises ``ValueError`` (one line) for an unknown scheme, a model without depthwise convolutions,
+    Raises :class:`ConfigError` (one line) for an unknown scheme, a model without depthwise convolutions,
     or a DoG that some layer's kernel size cannot hold over ``[gamma_low, gamma_high]``.
     """
     get_init(cfg.scheme)
     convs = find_depthwise_convs(model)
     if not convs:
-        raise ValueError(f"model {type(model).__name__}: has no depthwise convolutions "
+        raise ConfigError(f"model {type(model).__name__}: has no depthwise convolutions "
                          "(nn.Conv2d with groups == in_channels); echos inits only depthwise kernels")
     if cfg.scheme == "dog":
         for name, conv in convs:
             k = _kernel_size(conv)
             if k < 0:
-                raise ValueError(f"{name}: kernel {tuple(conv.kernel_size)} is not square; DoG needs square kernels")
+                raise ConfigError(f"{name}: kernel {tuple(conv.kernel_size)} is not square; DoG needs square kernels")
             try:
                 check_dog(k, cfg.gamma_low, cfg.normalisation)
                 check_dog(k, cfg.gamma_high, cfg.normalisation)
             except ValueError as e:
-                raise ValueError(f"init.gamma_low/gamma_high=[{cfg.gamma_low}, {cfg.gamma_high}] for layer {name}: {e}") from None
+                raise ConfigError(f"init.gamma_low/gamma_high=[{cfg.gamma_low}, {cfg.gamma_high}] for layer {name}: {e}") from None
     return convs
 
 

@@ -10,13 +10,15 @@ A scheme is one decorated function (see :mod:`echos_core.inits` for the built-in
 MLflow param logging, the report's arms and the other-kernel analysis all ask this registry, so
 a scheme registered from anywhere (a test file, a plug-in) validates, runs and is reported.
 
-This module imports nothing from echos, so every other module may import it.
+It imports only :mod:`echos_core.validation`, so every other module may import it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+from .validation import ConfigError
 
 __all__ = ["InitScheme", "INIT_SCHEMES", "register_init", "get_init", "scheme_names", "applicable_keys",
            "baselines", "report_rank"]
@@ -59,7 +61,7 @@ def get_init(name: str) -> InitFn:
     try:
         return INIT_SCHEMES[name].fn
     except (KeyError, TypeError):
-        raise ValueError(f"init.scheme={name!r}: unknown init scheme; known: {', '.join(INIT_SCHEMES)}") from None
+        raise _unknown(name) from None
 
 
 def scheme_names() -> tuple[str, ...]:
@@ -72,7 +74,11 @@ def applicable_keys(scheme: str) -> tuple[str, ...]:
     try:
         return INIT_SCHEMES[scheme].keys
     except (KeyError, TypeError):
-        raise ValueError(f"init.scheme={scheme!r}: unknown init scheme; known: {', '.join(INIT_SCHEMES)}") from None
+        raise _unknown(scheme) from None
+
+
+def _unknown(name: object) -> ConfigError:
+    return ConfigError("init.scheme", name, f"unknown init scheme; known: {', '.join(INIT_SCHEMES)}")
 
 
 def baselines() -> tuple[str, ...]:

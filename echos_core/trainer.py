@@ -142,8 +142,8 @@ def find_checkpoint(path: str | Path) -> Path:
     epochs = _epoch_dirs(p / "checkpoints")
     if epochs and (epochs[-1] / CHECKPOINT_FILE).is_file():
         return epochs[-1] / CHECKPOINT_FILE
-    raise ValueError(f"resume_from={str(path)!r}: no {CHECKPOINT_FILE} there "
-                     "(give a checkpoint file, a checkpoint folder or a run folder)")
+    raise ConfigError(f"resume_from={str(path)!r}: no {CHECKPOINT_FILE} there "
+                      "(give a checkpoint file, a checkpoint folder or a run folder)")
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -152,10 +152,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign file: one line, before any compute
-        raise ValueError(f"resume_from={str(file)!r}: cannot be read as an echos checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ConfigError(f"resume_from={str(file)!r}: cannot be read as an echos checkpoint "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"resume_from={str(file)!r}: not an echos checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ConfigError(f"resume_from={str(file)!r}: not an echos checkpoint (format {CHECKPOINT_FORMAT})")
     ckpt["path"] = str(file)
     return ckpt
 
@@ -180,8 +180,8 @@ def _check_resumable(cfg: Config, ckpt: dict) -> None:
     new = flatten({k: config_to_dict(cfg)[k] for k in _RESUME_MUST_MATCH})
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            raise ValueError(f"{key}={new.get(key)!r}: the checkpoint {ckpt['path']} was trained with "
-                             f"{old.get(key)!r}; resume only with the same {', '.join(_RESUME_MUST_MATCH)}")
+            raise ConfigError(f"{key}={new.get(key)!r}: the checkpoint {ckpt['path']} was trained with "
+                              f"{old.get(key)!r}; resume only with the same {', '.join(_RESUME_MUST_MATCH)}")
 
 
 # --------------------------------------------------------------------------- devices

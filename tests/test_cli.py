@@ -1,7 +1,9 @@
 """The ``echos`` command line: train, kernels, config help, errors, extension modules."""
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 import types
@@ -12,7 +14,10 @@ import torch
 import yaml
 
 from echos_core import cli
-from echos_core.config import _known_paths
+from echos_core.config import ConfigError, _known_paths
+from echos_core.data.sources import DataNotFound
+from echos_core.report.load import ReportError
+from echos_core.sweep.spec import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,6 +175,39 @@ def test_command_modules_register_subcommands(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_COMMAND_MODULES", [*cli._COMMAND_MODULES, "echos_test_ext"])
     assert cli.main(["hello", "--name", "echos"]) == 7
     assert capsys.readouterr().out == "hello echos\n"
+
+
+def _command_raising(monkeypatch, exc):
+    mod = types.ModuleType("echos_test_raise")
+    mod.register = lambda sub: sub.add_parser("boom").set_defaults(func=lambda args: (_ for _ in ()).throw(exc))
+    monkeypatch.setitem(sys.modules, "echos_test_raise", mod)
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", [*cli._COMMAND_MODULES, "echos_test_raise"])
+
+
+def test_unexpected_value_error_keeps_its_traceback(monkeypatch):
+    """A ValueError from numpy, pandas or torch is a bug, not bad input: it is not turned into exit 2."""
+    _command_raising(monkeypatch, ValueError("operands could not be broadcast together"))
+    with pytest.raises(ValueError, match="operands could not be broadcast"):
+        cli.main(["boom"])
+
+
+@pytest.mark.parametrize("exc", [ConfigError("train.lr", -1, "must be > 0"), FileNotFoundError(2, "No such file", "x.yaml")])
+def test_config_and_named_io_errors_are_one_line_exit_2(monkeypatch, capsys, exc):
+    _command_raising(monkeypatch, exc)
+    assert cli.main(["boom"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"echos: error: {exc}\n" and "Traceback" not in err
+
+
+@pytest.mark.parametrize("err", [ConfigError("init.on_ratio", 1.5, "must be >= 0.0 and <= 1.0"),
+                                 ConfigError("model X: has no depthwise convolutions"),
+                                 SpecError.at("space.init.on_ratio", "bad range"), ReportError("sweep 'x': no runs"),
+                                 DataNotFound("data.root", "/nope", "no CIFAR-10 there")])
+def test_config_errors_survive_pickle_and_deepcopy(err):
+    """Ray ships a trial's exception to the driver by pickling it."""
+    for back in (pickle.loads(pickle.dumps(err)), copy.deepcopy(err)):
+        assert type(back) is type(err) and str(back) == str(err)
+        assert (back.field, back.value, back.rule) == (err.field, err.value, err.rule)
 
 
 # --------------------------------------------------------------------------- the mosaic itself

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from echos_core.config import InitConfig
+from echos_core.config import ConfigError, InitConfig
 from echos_core.dog import dog_kernels
 from echos_core.inits import INIT_SCHEMES, apply_init, check_init, find_depthwise_convs, get_init
 
@@ -40,7 +40,7 @@ def _centre_sign(kernels):
 
 def test_registry_has_schemes_and_unknown_lists_them():
     assert {"dog", "kaiming", "default", "random-field"} <= set(INIT_SCHEMES)
-    with pytest.raises(ValueError, match=r"init.scheme='lecun': unknown init scheme; known: dog, kaiming, default, random-field"):
+    with pytest.raises(ConfigError, match=r"init.scheme='lecun': unknown init scheme; known: dog, kaiming, default, random-field"):
         get_init("lecun")
 
 
@@ -194,14 +194,14 @@ def test_report_counts():
 
 def test_model_without_depthwise_is_clear_error():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
-    with pytest.raises(ValueError, match="has no depthwise convolutions"):
+    with pytest.raises(ConfigError, match="has no depthwise convolutions"):
         apply_init(model, InitConfig(scheme="dog"))
 
 
 def test_gamma_range_too_wide_for_kernel_is_error_before_any_change():
     model = nn.Sequential(nn.Conv2d(8, 8, 7, groups=8), nn.Conv2d(8, 8, 3, groups=8))
     before = model[0].weight.detach().clone()
-    with pytest.raises(ValueError, match=r"layer 1: gamma=0.8 with kernel_size=3: leaves no surround"):
+    with pytest.raises(ConfigError, match=r"layer 1: gamma=0.8 with kernel_size=3: leaves no surround"):
         apply_init(model, InitConfig(scheme="dog", gamma_low=0.3, gamma_high=0.8))
     assert torch.equal(before, model[0].weight)  # checked before any layer was touched
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from echos_core.config import config_from_dict
+from echos_core.config import ConfigError, config_from_dict
 from echos_core.report.other_kernels import write_other_kernels
 from echos_core.trainer import train
 
@@ -54,5 +54,5 @@ def test_summary_numbers_and_files(sweep_dir, tmp_path):
 
 
 def test_not_a_folder_is_one_line_error(tmp_path):
-    with pytest.raises(ValueError, match="SWEEP_DIR=.*is not a folder, nor a sweep name"):
+    with pytest.raises(ConfigError, match="SWEEP_DIR=.*is not a folder, nor a sweep name"):
         write_other_kernels(tmp_path / "nope", tmp_path / "out")

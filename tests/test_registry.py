@@ -44,7 +44,7 @@ def test_every_declared_key_is_an_init_config_field():
 
 
 def test_unknown_scheme_keys_and_bad_declarations_are_one_line_errors():
-    with pytest.raises(ValueError, match=r"^init.scheme='lecun': unknown init scheme; known: dog, kaiming"):
+    with pytest.raises(ConfigError, match=r"^init.scheme='lecun': unknown init scheme; known: dog, kaiming"):
         applicable_keys("lecun")
     with pytest.raises(ValueError, match=r"register_init\('x'\): keys \['on_ratio'\] must be init.\* config keys"):
         register_init("x", keys=("on_ratio",))

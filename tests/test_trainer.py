@@ -187,13 +187,13 @@ def test_resume_in_place_from_run_folder(cfg_dict, tmp_path):
 def test_resume_refuses_another_init(three_epochs, tmp_path):
     _, _, full, _ = three_epochs
     d = {**three_epochs[0], "init": {"scheme": "kaiming"}}
-    with pytest.raises(ValueError, match=r"^init.scheme='kaiming': the checkpoint .* was trained with 'dog'"):
+    with pytest.raises(ConfigError, match=r"^init.scheme='kaiming': the checkpoint .* was trained with 'dog'"):
         train(config_from_dict(d), tmp_path / "x", resume_from=full.run_dir)
     assert not (tmp_path / "x").exists()
 
 
 def test_resume_from_missing_checkpoint(cfg_dict, tmp_path):
-    with pytest.raises(ValueError, match="no checkpoint.pt there"):
+    with pytest.raises(ConfigError, match="no checkpoint.pt there"):
         train(make_cfg(cfg_dict), tmp_path / "x", resume_from=tmp_path)
 
 
@@ -208,7 +208,7 @@ def test_batch_larger_than_data_is_a_config_error(cfg_dict, tmp_path):
 
 def test_init_error_before_anything_is_written(cfg_dict, tmp_path):
     cfg = make_cfg(cfg_dict, model={"kernel_size": 3}, init={"gamma_low": 0.5, "gamma_high": 0.95})
-    with pytest.raises(ValueError, match=r"^init.gamma_low/gamma_high=\[0.5, 0.95\] .*no surround pixel"):
+    with pytest.raises(ConfigError, match=r"^init.gamma_low/gamma_high=\[0.5, 0.95\] .*no surround pixel"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

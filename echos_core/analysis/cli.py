@@ -58,7 +58,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     analysis.source = {**info, "model": cfg.model.name, "data": cfg.data.name, "init": cfg.init.scheme,
                        "seed": cfg.seed}
     if not analysis.kernels.get("depthwise"):
-        raise ValueError(f"checkpoint={info['path']!r}: model {cfg.model.name} has no square, odd depthwise kernels "
+        raise ConfigError(f"checkpoint={info['path']!r}: model {cfg.model.name} has no square, odd depthwise kernels "
                          ">= 3x3 to analyse")
     out = Path(args.out) if args.out else Path(info["run_dir"]) / "analysis"
     print(f"{cfg.model.name} on {cfg.data.name}, init {cfg.init.scheme}, epoch {info['epoch']} ({info['path']})")

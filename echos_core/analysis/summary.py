@@ -197,17 +197,17 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Any, dict[str, A
     no data set is needed.  Returns ``(model in eval mode, config, info)`` where ``info`` has
     ``path``, ``epoch`` and ``run_dir`` (the run folder, or the checkpoint's folder).
     """
-    from ..config import config_from_dict
+    from ..config import ConfigError, config_from_dict
     from ..models import create_model
     from ..trainer import load_checkpoint
 
     try:
         ckpt = load_checkpoint(path)
-    except ValueError as e:
-        raise ValueError(str(e).replace("resume_from=", "checkpoint=", 1)) from None
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("resume_from=", "checkpoint=", 1)) from None
     file = Path(ckpt["path"]).resolve()
     if "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"checkpoint={str(file)!r}: has no 'model' or 'config' entry")
+        raise ConfigError(f"checkpoint={str(file)!r}: has no 'model' or 'config' entry")
     cfg = config_from_dict(ckpt["config"])
     state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
 
@@ -221,7 +221,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Any, dict[str, A
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"checkpoint={str(file)!r}: its weights do not fit model {cfg.model.name} "
+        raise ConfigError(f"checkpoint={str(file)!r}: its weights do not fit model {cfg.model.name} "
                          f"({' '.join(str(e).split())[:200]})") from None
     model.eval()
     run_dir = file.parent

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from ..validation import ConfigError
 from ..tracking import (ROLE_SWEEP, TAG_ASHA_STOPPED, TAG_ROLE, TAG_SEED, TAG_STATUS, TAG_SWEEP, TAG_SWEEP_ID,
                         TAG_TRIAL_ID, echos_tag, find_runs, mlflow_client)
 
@@ -40,7 +41,7 @@ TRIAL_COLUMNS = ("run_id", "mlflow_run_name", "sweep_id", "trial_id", "seed", "s
                  "epochs_completed", "epochs_planned", "start_time")
 
 
-class ReportError(ValueError):
+class ReportError(ConfigError):
     """Bad input to ``echos report`` (unknown experiment, sweep, metric...): one line, exit status 2."""
 
 

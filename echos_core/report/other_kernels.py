@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import config_to_dict, flatten
+from ..config import ConfigError, config_to_dict, flatten
 from ..registry import report_rank
 
 __all__ = ["initial_model", "analyse_trials", "write_other_kernels", "resolve_sweep_dir"]
@@ -54,8 +54,8 @@ def resolve_sweep_dir(sweep: str | Path, storage: str | Path = "ray_results") ->
     runs = sorted(Path(storage).glob(f"{name}-[0-9]*-[0-9]*")) if Path(storage).is_dir() and name else []
     runs = [r for r in runs if r.is_dir()]
     if not runs:
-        raise ValueError(f"SWEEP_DIR={str(sweep)!r}: is not a folder, nor a sweep name with runs in "
-                         f"{str(storage)!r} (expected ray_results/<sweep>-<stamp>)")
+        raise ConfigError(f"SWEEP_DIR={str(sweep)!r}: is not a folder, nor a sweep name with runs in "
+                          f"{str(storage)!r} (expected ray_results/<sweep>-<stamp>)")
     return runs[-1]
 
 
@@ -166,7 +166,7 @@ def write_other_kernels(sweep_dir: str | Path, out: str | Path) -> Path:
     sweep_dir = resolve_sweep_dir(sweep_dir)
     rows, extra = analyse_trials(sweep_dir)
     if not rows:
-        raise ValueError(f"SWEEP_DIR={str(sweep_dir)!r}: holds no finished trial checkpoints")
+        raise ConfigError(f"SWEEP_DIR={str(sweep_dir)!r}: holds no finished trial checkpoints")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "kernels.csv", "w", newline="") as f:
