@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from ..sweep.analysis_spec import AnalysisSpec, Comparison, arm_text
+from ..sweep.analysis_spec import AnalysisSpec, Comparison, amount as _amount, arm_text
 from .design import PooledModel, min_detectable_difference, pooled_trend, tost_paired
 from .load import ReportError
 from .stats import _is_number, _masked, _paired, _relevant, arm_order, final_values, holm, lower_is_better
@@ -109,11 +109,6 @@ def sentence(r: DeclaredResult, margin: float, alpha: float, metric: str, unit: 
     if v.startswith("equivalent"):
         return f"`{r.arm}` and `{r.versus}` are {v}: {stats_}."
     return f"`{r.arm}` vs `{r.versus}`: {v}; {stats_}."
-
-
-def _amount(v: float, unit: str) -> str:
-    """``1 point``, ``0.5 points``, ``2 points`` (``unit`` is `` points`` or empty)."""
-    return f"{v:g}{unit[:-1] if unit.endswith('s') and v == 1 else unit}"
 
 
 def _pv(v: Any) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..config import ConfigError
 
 __all__ = ["Comparison", "AnalysisSpec", "parse_analysis", "analysis_from_dict", "power_lines", "MODELS",
-           "arm_text"]
+           "arm_text", "amount"]
 
 MODELS = ("pooled", "paired")
 _KEYS = ("primary", "secondary", "pool", "alpha", "margin", "metric", "target_difference", "pilot_sd")
@@ -96,6 +96,11 @@ def arm_text(arm: dict) -> str:
     parts = [str(arm["init.scheme"])] if "init.scheme" in arm else []
     parts += [f"{k.rsplit('.', 1)[-1]}={_g(v)}" for k, v in arm.items() if k != "init.scheme"]
     return " ".join(parts) or "(every trial)"
+
+
+def amount(v: float, unit: str) -> str:
+    """``1 point``, ``0.5 points``, ``2 points`` (``unit`` is `` points`` or empty)."""
+    return f"{v:g}{unit[:-1] if unit.endswith('s') and v == 1 else unit}"
 
 
 def _g(v: Any) -> str:
@@ -344,7 +349,7 @@ def power_lines(an: AnalysisSpec, *, seeds: int, params: Sequence, base_value: C
         lines.append(f"  secondary ({len(an.secondary)}, Holm-adjusted as one family):")
         lines += [f"    {c.describe()}" for c in an.secondary]
     lines.append(f"  pool (pooled model): {', '.join(f'{k}={_g(v)}' for k, v in an.pool.items()) or 'every trial'}; alpha {an.alpha:g} "
-                 f"(two-sided); equivalence margin ±{an.margin:g}{unit}; metric {an.metric}")
+                 f"(two-sided); equivalence margin ±{amount(an.margin, unit)}; metric {an.metric}")
     if sd is None:
         lines.append("power: no pilot_sd in the analysis section: the power of this design is unknown "
                      "(give pilot_sd: NUMBER or pilot_sd: {sweep: NAME})")
@@ -384,13 +389,13 @@ def power_lines(an: AnalysisSpec, *, seeds: int, params: Sequence, base_value: C
     if target is None:
         lines.append(f"  primary at {seeds} seeds detects {mdd:.2f}{unit} (no target_difference declared)")
         return lines
-    lines.append(f"  target difference {target:g}{unit}: {need} paired seeds (paired t), {need_primary} for the "
+    lines.append(f"  target difference {amount(target, unit)}: {need} paired seeds (paired t), {need_primary} for the "
                  f"primary comparison as declared")
     if mdd > target:
         lines.append(f"  UNDERPOWERED: the primary comparison detects {mdd:.2f}{unit} at {seeds} seeds (80% power), "
-                     f"more than its target {target:g}{unit}; a null result will read 'not resolved', not 'no effect'")
+                     f"more than its target {amount(target, unit)}; a null result will read 'not resolved', not 'no effect'")
     else:
-        lines.append(f"  powered: the primary comparison detects {mdd:.2f}{unit} <= target {target:g}{unit} "
+        lines.append(f"  powered: the primary comparison detects {mdd:.2f}{unit} <= target {amount(target, unit)} "
                      f"at {seeds} seeds")
     return lines
 
