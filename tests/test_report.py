@@ -531,6 +531,10 @@ def test_report_of_a_tiny_real_sweep_with_a_declared_analysis(tmp_path):
     assert main(["report", "--from-csv", str(d), "--out", str(tmp_path / "again")]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "tiny" / "declared.csv"),
                                   pd.read_csv(d / "declared.csv"))
+    # by name: the analysis comes from the spec the sweep logged with its MLflow parent run
+    assert main(["report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "by-name")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "by-name" / "tiny" / "declared.csv"),
+                                  pd.read_csv(d / "declared.csv"))
 
 
 def test_pilot_sd_read_from_an_earlier_sweep_in_mlflow(store, tmp_path, capsys):

@@ -46,7 +46,8 @@ def register(sub) -> None:
                    help="on_ratio every DoG arm is also paired against (default 0.5, the paper's 50/50)")
     p.add_argument("--analysis", metavar="FILE", help="the declared analysis: a sweep spec (its `analysis:` "
                                                       "section) or the analysis.yaml beside an earlier report "
-                                                      "(default: SWEEP's spec when SWEEP is a spec file)")
+                                                      "(default: SWEEP's spec when SWEEP is a spec file, else the "
+                                                      "spec logged with the sweep in MLflow)")
     p.set_defaults(func=_cmd_report)
 
     o = sub.add_parser(
@@ -107,6 +108,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .load import load_sweep
 
     runs = load_sweep(tracking_uri, name, experiment, sweep_id=args.sweep_id, metric=args.metric)
+    if analysis is None and spec_path is None:
+        analysis = _logged_analysis(runs)  # the analysis: section of the spec the sweep ran with, if it had one
     out_dir = Path(args.out or "results") / name
     rep = build_report(runs, out_dir, baselines=args.baselines, reference_on_ratio=args.reference_on_ratio,
                        command=_regenerate_command(args), rerun_command=_rerun_command(args, name, runs),
@@ -227,3 +230,22 @@ def _logged_spec_name(runs) -> Optional[str]:
         return None
     names = [a.path for a in arts if not a.is_dir and a.path.endswith((".yaml", ".yml"))]
     return names[0] if len(names) == 1 else None
+
+
+def _logged_analysis(runs):
+    """The declared analysis in the spec logged with the sweep's parent run (None when there is none)."""
+    name = _logged_spec_name(runs)
+    if name is None:
+        return None
+    try:
+        import yaml
+        from mlflow.artifacts import download_artifacts
+
+        from ..sweep.analysis_spec import analysis_from_dict
+
+        local = download_artifacts(run_id=runs.parents[-1]["run_id"], artifact_path=name,
+                                   tracking_uri=runs.tracking_uri)
+        section = (yaml.safe_load(Path(local).read_text()) or {}).get("analysis")
+        return analysis_from_dict(section) if section else None
+    except Exception:  # artifacts are a convenience here, never a reason to fail the report
+        return None
