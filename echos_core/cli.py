@@ -44,7 +44,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         print(describe())
         return 0
-    from .trainer import load_checkpoint, train
+    from .checkpoint import load_checkpoint
+    from .trainer import train
 
     if args.config is None and args.resume is None:
         raise ConfigError("--config", None, "is required (or --resume a checkpoint, which carries its config)")

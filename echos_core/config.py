@@ -11,7 +11,6 @@ prints them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
+from .dog import NORMALISATIONS
 from .registry import scheme_names
 from .validation import ConfigError, choice, float_range, int_range, is_int, nonempty
 
@@ -135,7 +135,6 @@ class DataConfig:
 
 
 SCALE_RULES = ("unit", "kaiming", "match")
-NORMALISATIONS = ("lobe", "oocs")
 
 
 @dataclass

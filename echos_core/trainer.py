@@ -2,9 +2,9 @@
 
 Order of work (every error is raised before the first optimiser step):
 
-1. validate the config, read the checkpoint to resume from (if any);
-2. build data (``echos_core.data.build_data``) and the model (``echos_core.models.create_model``);
-3. ``check_init`` then ``apply_init`` with the run seed; the report goes to ``init_report.json``;
+1. read the checkpoint to resume from (if any); the config arrives validated;
+2. :func:`echos_core.build.build_run`: seed, data, model, init (the report goes to ``init_report.json``);
+3. check the batch size against the data;
 4. train: AdamW (no weight decay on norms, biases, 1-d params), per-step linear warm-up then
    cosine to ``min_lr``, label smoothing (soft-target cross-entropy under mixup/CutMix),
    gradient clipping, bf16 autocast and channels-last on CUDA;
@@ -32,8 +32,6 @@ import json
 import logging
 import math
 import os
-import random
-import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -46,25 +44,21 @@ import torch
 import yaml
 from torch import nn
 
+from .build import build_run
+from .checkpoint import (CHECKPOINT_FORMAT, epoch_dirs, load_checkpoint, rng_state, run_dir_of, save_checkpoint,
+                         set_rng_state)
 from .config import Config, ConfigError, config_to_dict, flatten
-from .inits import apply_init, check_init
 from .runinfo import environment
 
 __all__ = [
     "TrainingDiverged",
     "TrainResult",
     "train",
-    "find_checkpoint",
-    "load_checkpoint",
     "lr_factor",
-    "CHECKPOINT_FILE",
 ]
 
 log = logging.getLogger("echos")
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-_EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 # Sections that define *what* is trained; a checkpoint only resumes a config that agrees on them.
 _RESUME_MUST_MATCH = ("model", "data", "init", "seed")
 
@@ -95,84 +89,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# --------------------------------------------------------------------------- RNG and checkpoints
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _rng_state() -> dict:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
-        for i, s in enumerate(cuda):
-            torch.cuda.set_rng_state(s, i)
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file for ``path``: a ``checkpoint.pt`` file, a checkpoint folder holding one,
-    or a run folder (its newest ``checkpoints/epoch_*``)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if (p / CHECKPOINT_FILE).is_file():
-        return p / CHECKPOINT_FILE
-    epochs = _epoch_dirs(p / "checkpoints")
-    if epochs and (epochs[-1] / CHECKPOINT_FILE).is_file():
-        return epochs[-1] / CHECKPOINT_FILE
-    raise ConfigError(f"resume_from={str(path)!r}: no {CHECKPOINT_FILE} there "
-                      "(give a checkpoint file, a checkpoint folder or a run folder)")
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint (see :func:`find_checkpoint` for what ``path`` may be) onto the CPU."""
-    file = find_checkpoint(path)
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file: one line, before any compute
-        raise ConfigError(f"resume_from={str(file)!r}: cannot be read as an echos checkpoint "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"resume_from={str(file)!r}: not an echos checkpoint (format {CHECKPOINT_FORMAT})")
-    ckpt["path"] = str(file)
-    return ckpt
-
-
-def _epoch_dirs(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    dirs = [d for d in folder.iterdir() if d.is_dir() and _EPOCH_DIR.match(d.name)]
-    return sorted(dirs, key=lambda d: int(_EPOCH_DIR.match(d.name).group(1)))
-
-
-def _save_checkpoint(folder: Path, state: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(folder / CHECKPOINT_FILE)  # atomic: a reader never sees half a checkpoint
-    return folder
 
 
 def _check_resumable(cfg: Config, ckpt: dict) -> None:
@@ -257,7 +173,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, *,
     checkpoint file, checkpoint folder or run folder; the run continues exactly where it stopped.
     Raises :class:`TrainingDiverged` on a non-finite loss.
     """
-    cfg.validate()
     threads = torch.get_num_threads()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
@@ -271,8 +186,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     from timm.loss import SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
 
-    from .data import build_data, make_loader
-    from .models import create_model
+    from .data import make_loader
 
     # ---- 1. everything that can be wrong is checked before compute
     tc = cfg.train
@@ -282,8 +196,8 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     device = _device(cfg)
     run_dir = _resolve_run_dir(cfg, run_dir, ckpt)
 
-    seed_everything(cfg.seed)
-    data = build_data(cfg)
+    built = build_run(cfg)
+    data, model, report = built.data, built.model, built.init_report
     n_train = len(data.train)
     if tc.batch_size > n_train:
         raise ConfigError("train.batch_size", tc.batch_size, f"must be <= the number of training images ({n_train})")
@@ -295,10 +209,6 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     total_steps = tc.epochs * steps_per_epoch
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
 
-    model = create_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                         image_size=cfg.data.image_size)
-    check_init(model, cfg.init)
-    report = apply_init(model, cfg.init, cfg.seed)
     log.info(report.summary() + _on_off(report))
     log.info(f"data: {data.description}")
 
@@ -346,7 +256,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     val_loader = make_loader(data.val, tc.batch_size, shuffle=False, seed=cfg.seed, epoch=0,
                              num_workers=cfg.data.num_workers, drop_last=False)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
     check_every = 1 if device.type == "cpu" else 32  # a host sync per check: rarely on accelerators
     bar = _progress_bar(progress, total_steps, (start_epoch - 1) * steps_per_epoch)
 
@@ -410,7 +320,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
             ckpt_dir = None
             if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
-                ckpt_dir = _save_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}", {
+                ckpt_dir = save_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}", {
                     "format": CHECKPOINT_FORMAT,
                     "epoch": epoch,
                     "model": model.state_dict(),
@@ -418,9 +328,9 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
                     "scheduler": scheduler.state_dict(),
                     "history": history,
                     "config": config_to_dict(cfg),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                 })
-                for old in _epoch_dirs(run_dir / "checkpoints")[: -tc.keep_checkpoints]:
+                for old in epoch_dirs(run_dir / "checkpoints")[: -tc.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
             if tc.kernel_metrics and epoch == tc.epochs:
                 write_kernel_mosaics(model, run_dir / "kernels", f"epoch_{epoch:04d}")
@@ -472,10 +382,8 @@ def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, steps: int
 def _resolve_run_dir(cfg: Config, run_dir: str | Path | None, ckpt: dict | None) -> Path:
     if run_dir is not None:
         return Path(run_dir)
-    if ckpt is not None:  # <run>/checkpoints/epoch_0003/checkpoint.pt -> continue in <run>
-        file = Path(ckpt["path"]).resolve()
-        if file.parent.parent.name == "checkpoints" and _EPOCH_DIR.match(file.parent.name):
-            return file.parent.parent.parent
+    if ckpt is not None and run_dir_of(ckpt["path"]) is not None:  # continue in the checkpoint's run folder
+        return run_dir_of(ckpt["path"])
     base = Path(cfg.output_dir) / (cfg.run_name or cfg.default_run_name())
     if ckpt is not None or not base.exists() or not any(base.iterdir()):
         return base
@@ -488,7 +396,7 @@ def _resolve_run_dir(cfg: Config, run_dir: str | Path | None, ckpt: dict | None)
 def _write_run_folder(run_dir: Path, cfg: Config, init_report: dict, history: list[dict], fresh: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:  # stale checkpoints of an earlier run in this folder would be taken for ours
-        for old in _epoch_dirs(run_dir / "checkpoints"):
+        for old in epoch_dirs(run_dir / "checkpoints"):
             log.warning(f"removing stale checkpoint {old} of an earlier run in {run_dir}")
             shutil.rmtree(old, ignore_errors=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

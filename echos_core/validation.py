@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-__all__ = ["ConfigError", "is_int", "int_range", "float_range", "choice", "nonempty"]
+__all__ = ["ConfigError", "is_int", "is_number", "int_range", "float_range", "choice", "nonempty"]
 
 _UNSET = object()
 
@@ -41,33 +41,41 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def int_range(name: str, v: Any, lo: Optional[int], hi: Optional[int]) -> None:
+def is_number(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Every rule takes ``error``: the ConfigError subclass to raise (a sweep spec raises SpecError).
+
+
+def int_range(name: str, v: Any, lo: Optional[int], hi: Optional[int], error: type = ConfigError) -> None:
     if not is_int(v):
-        raise ConfigError(name, v, "must be an integer")
+        raise error(name, v, "must be an integer")
     if lo is not None and v < lo:
-        raise ConfigError(name, v, f"must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+        raise error(name, v, f"must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
     if hi is not None and v > hi:
-        raise ConfigError(name, v, f"must be <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
+        raise error(name, v, f"must be <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
 
 
 def float_range(name: str, v: Any, lo: Optional[float], hi: Optional[float],
-                lo_open: bool = False, hi_open: bool = False) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(name, v, "must be a finite number")
+                lo_open: bool = False, hi_open: bool = False, error: type = ConfigError) -> None:
+    if not is_number(v):
+        raise error(name, v, "must be a finite number")
     lo_s = f"{'>' if lo_open else '>='} {lo}"
     hi_s = f"{'<' if hi_open else '<='} {hi}"
     both = " and ".join(s for s, b in ((lo_s, lo is not None), (hi_s, hi is not None)) if b)
     if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ConfigError(name, v, f"must be {both}")
+        raise error(name, v, f"must be {both}")
     if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ConfigError(name, v, f"must be {both}")
+        raise error(name, v, f"must be {both}")
 
 
-def choice(name: str, v: Any, allowed: tuple) -> None:
+def choice(name: str, v: Any, allowed: tuple, error: type = ConfigError) -> None:
     if v not in allowed:
-        raise ConfigError(name, v, f"must be one of {', '.join(map(str, allowed))}")
+        raise error(name, v, f"must be one of {', '.join(map(str, allowed))}")
 
 
-def nonempty(name: str, v: Any) -> None:
+def nonempty(name: str, v: Any, error: type = ConfigError, hint: str = "") -> None:
     if not isinstance(v, str) or not v.strip():
-        raise ConfigError(name, v, "must be a non-empty string")
+        raise error(name, v, "must be a non-empty string" + hint)

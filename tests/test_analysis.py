@@ -272,7 +272,7 @@ def test_echos_analyze_on_a_trained_checkpoint(tmp_path, cfg_dict, capsys):
     assert rows[0].startswith("kind,layer,kernel_size") and len(rows) == 1 + 2  # two ConvMixer blocks
 
     from echos_core.analysis import model_from_checkpoint
-    from echos_core.trainer import load_checkpoint
+    from echos_core.checkpoint import load_checkpoint
 
     model, _, info = model_from_checkpoint(tmp_path / "run")
     state = load_checkpoint(tmp_path / "run")["model"]

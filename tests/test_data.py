@@ -14,7 +14,7 @@ from PIL import Image
 from echos_core.config import config_from_dict
 from echos_core.data import DataNotFound, build_data, data_root, make_loader
 from echos_core.data import embedded as emb
-from echos_core.data.loader import seed_globals
+from echos_core.seeding import seed_everything
 from echos_core.data.transforms import SmallTrainTransform, reflect_crop
 
 
@@ -377,7 +377,7 @@ def test_mixup_fn_present_iff_on(emb_root, aug, present):
 def _changed(tmp: Path, aug: dict, n: int = 40) -> float:
     """Fraction of training images the augmentation changed, relative to the validation transform."""
     b = build_data(make_cfg(tmp, train_limit=n, augment={"hflip": 0.0, **aug}))
-    seed_globals(0)
+    seed_everything(0)
     changed = [not torch.equal(b.train[i][0], b.val.transform(b.train.images[i].permute(2, 0, 1))) for i in range(n)]
     return float(np.mean(changed))
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 import yaml
 
-from echos_core import trainer as trainer_mod
+from echos_core import build as build_mod
 from echos_core.config import ConfigError, config_from_dict, config_to_dict
 from echos_core.inits import apply_init, find_depthwise_convs
-from echos_core.trainer import TrainingDiverged, load_checkpoint, lr_factor, train
+from echos_core.checkpoint import load_checkpoint
+from echos_core.trainer import TrainingDiverged, lr_factor, train
 
 # Wall-clock quantities differ between two identical runs; everything else must not.
 TIMING = {"images_per_sec", "epoch_time_s"}
@@ -246,7 +247,7 @@ def test_hook_may_not_overwrite_trainer_metrics(cfg_dict, tmp_path):
 
 
 def _weights_after_init(cfg, tmp_path, monkeypatch):
-    """The model's state right after the trainer's apply_init (the run itself is one step)."""
+    """The model's state right after build_run's apply_init (the run itself is one step)."""
     seen = {}
 
     def spy(model, init_cfg, seed):
@@ -255,7 +256,7 @@ def _weights_after_init(cfg, tmp_path, monkeypatch):
         seen["dw"] = {f"{n}.weight" for n, _ in find_depthwise_convs(model)}
         return report
 
-    monkeypatch.setattr(trainer_mod, "apply_init", spy)
+    monkeypatch.setattr(build_mod, "apply_init", spy)
     train(cfg, tmp_path)
     return seen
 

@@ -9,14 +9,15 @@
 * :mod:`.cli`: ``echos analyze CHECKPOINT``.
 """
 
-from .kernels import (LABELS, NORMALISATIONS, Clustering, DogFit, LayerKernels, centre_surround_index,
+from .kernels import (LABELS, CLUSTER_NORMALISATIONS, Clustering, DogFit, LayerKernels, centre_surround_index,
                       cluster_kernels, dense_layers, depthwise_layers, epoch_kernel_metrics, fit_dog,
                       normalise_kernels)
 from .shapes import FAMILIES, ShapeFit, fit_shapes, shape_templates
-from .summary import Analysis, LayerSummary, analyse_layers, analyse_model, format_table, model_from_checkpoint
+from ..checkpoint import model_from_checkpoint
+from .summary import Analysis, LayerSummary, analyse_layers, analyse_model, format_table
 
 __all__ = [
-    "LABELS", "NORMALISATIONS", "FAMILIES",
+    "LABELS", "CLUSTER_NORMALISATIONS", "FAMILIES",
     "LayerKernels", "depthwise_layers", "dense_layers", "normalise_kernels",
     "centre_surround_index", "DogFit", "fit_dog", "Clustering", "cluster_kernels", "epoch_kernel_metrics",
     "ShapeFit", "shape_templates", "fit_shapes",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .kernels import NORMALISATIONS
+from .kernels import CLUSTER_NORMALISATIONS
 
 __all__ = ["register"]
 
@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt, its folder, or a run folder (newest epoch)")
     p.add_argument("--out", "-o", metavar="DIR", help="output folder (default: <run folder>/analysis)")
     p.add_argument("--clusters", type=int, default=3, metavar="K", help="k-means clusters (default 3, as the paper)")
-    p.add_argument("--normalise", "--normalize", default="l2", choices=NORMALISATIONS,
+    p.add_argument("--normalise", "--normalize", default="l2", choices=CLUSTER_NORMALISATIONS,
                    help="per-kernel normalisation before k-means (default l2)")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="cluster CSI above T is On, below -T Off, else other (default max(0.2, 1.5/k), above chance)")
@@ -38,7 +38,8 @@ def register(sub) -> None:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from ..config import ConfigError
-    from .summary import analyse_model, format_table, model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
+    from .summary import analyse_model, format_table
 
     if args.clusters < 1:
         raise ConfigError("--clusters", args.clusters, "must be >= 1")

@@ -25,7 +25,7 @@ DoG fit, per kernel: ``min over a, gamma of ||w - a dog_gamma||^2`` where ``dog_
     (sign = On/Off, magnitude relative to unit lobes) and ``R^2 = 1 - ||w - a d||^2 / ||w||^2``
     (the squared cosine between ``w`` and the best DoG; 1 = a pure DoG, ~0 = nothing like one).
 
-Normalisation before clustering (:data:`NORMALISATIONS`):
+Normalisation before clustering (:data:`CLUSTER_NORMALISATIONS`):
     ``'l2'`` (default) divides each kernel by its L2 norm (only the shape counts);
     ``'zscore'`` subtracts each kernel's mean and divides by its standard deviation (shape without DC);
     ``'none'`` clusters raw weights (magnitudes count too).
@@ -59,7 +59,8 @@ from ..inits import find_dense_convs, find_depthwise_convs
 
 __all__ = [
     "LABELS",
-    "NORMALISATIONS",
+    "CLUSTER_NORMALISATIONS",
+    "check_normalisation",
     "FIXED_RADIUS",
     "LayerKernels",
     "depthwise_layers",
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 LABELS = ("on", "off", "other")
-NORMALISATIONS = ("l2", "zscore", "none")
+CLUSTER_NORMALISATIONS = ("l2", "zscore", "none")
 FIXED_RADIUS = "fixed"  # pass as ``radius`` for r = (k + 1) / 4
 _EPS = 1e-12
 MIN_THRESHOLD = 0.2  # the automatic naming threshold is max(MIN_THRESHOLD, CHANCE_CSI / k)
@@ -157,10 +158,15 @@ def _as_array(kernels) -> np.ndarray:
     return a.astype(np.float64, copy=False)
 
 
+def check_normalisation(method: str) -> None:
+    """Raise if ``method`` is not one of :data:`CLUSTER_NORMALISATIONS`."""
+    if method not in CLUSTER_NORMALISATIONS:
+        raise ValueError(f"normalise={method!r}: must be one of {', '.join(CLUSTER_NORMALISATIONS)}")
+
+
 def normalise_kernels(kernels, method: str = "l2") -> np.ndarray:
     """Flattened kernels ``(n, k*k)`` (float64) after ``method``: 'l2', 'zscore' or 'none'."""
-    if method not in NORMALISATIONS:
-        raise ValueError(f"normalise={method!r}: must be one of {', '.join(NORMALISATIONS)}")
+    check_normalisation(method)
     x = _as_array(kernels).reshape(len(kernels), -1)
     if method == "l2":
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .kernels import (LABELS, NORMALISATIONS, LayerKernels, centre_surround_index, cluster_kernels, dense_layers,
+from .kernels import (LABELS, LayerKernels, centre_surround_index, check_normalisation, cluster_kernels, dense_layers,
                       depthwise_layers, fit_dog)
 from .shapes import FAMILIES, fit_shapes
 
-__all__ = ["LayerSummary", "Analysis", "analyse_layers", "analyse_model", "model_from_checkpoint", "format_table"]
+__all__ = ["LayerSummary", "Analysis", "analyse_layers", "analyse_model", "format_table"]
 
 
 @dataclass
@@ -103,8 +103,7 @@ def analyse_layers(layers: list[LayerKernels], *, n_clusters: int = 3, normalise
     Returns per-layer summaries, per-group cluster records, per-kernel arrays (concatenated in
     layer order) and the kernels themselves (one array per layer, for mosaics).
     """
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise={normalise!r}: must be one of {', '.join(NORMALISATIONS)}")
+    check_normalisation(normalise)  # before any fit
     layers = [layer for layer in layers if len(layer)]
     if per_layer:
         groups = [[i] for i in range(len(layers))]
@@ -187,66 +186,6 @@ def analyse_model(model: nn.Module, *, dense: bool = True, dense_per_layer: int 
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """Rebuild the trained model of a checkpoint (file, checkpoint folder or run folder).
-
-    The architecture comes from the checkpoint's config (``create_model``); the number of classes
-    and of input channels are read from the state dict (classifier rows, stem input channels), so
-    no data set is needed.  Returns ``(model in eval mode, config, info)`` where ``info`` has
-    ``path``, ``epoch`` and ``run_dir`` (the run folder, or the checkpoint's folder).
-    """
-    from ..config import ConfigError, config_from_dict
-    from ..models import create_model
-    from ..trainer import load_checkpoint
-
-    try:
-        ckpt = load_checkpoint(path)
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("resume_from=", "checkpoint=", 1)) from None
-    file = Path(ckpt["path"]).resolve()
-    if "model" not in ckpt or "config" not in ckpt:
-        raise ConfigError(f"checkpoint={str(file)!r}: has no 'model' or 'config' entry")
-    cfg = config_from_dict(ckpt["config"])
-    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-
-    guess = cfg.data.fake_classes if cfg.data.name == "fake" else 10
-    model = create_model(cfg.model, num_classes=guess, in_chans=3)
-    head, stem = _head_key(model), _stem_key(model)
-    num_classes = int(state[head].shape[0]) if head in state else guess
-    in_chans = int(state[stem].shape[1]) if stem in state else 3
-    if (num_classes, in_chans) != (guess, 3):
-        model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ConfigError(f"checkpoint={str(file)!r}: its weights do not fit model {cfg.model.name} "
-                         f"({' '.join(str(e).split())[:200]})") from None
-    model.eval()
-    run_dir = file.parent
-    if file.parent.parent.name == "checkpoints":
-        run_dir = file.parent.parent.parent
-    return model, cfg, {"path": str(file), "epoch": ckpt.get("epoch"), "run_dir": str(run_dir),
-                        "num_classes": num_classes, "in_chans": in_chans}
-
-
-def _head_key(model: nn.Module) -> str | None:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Linear):
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        head = linears[-1] if linears else None
-    for name, m in model.named_modules():
-        if m is head:
-            return f"{name}.weight"
-    return None
-
-
-def _stem_key(model: nn.Module) -> str | None:
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            return f"{name}.weight"
-    return None
 
 
 # --------------------------------------------------------------------------- output

@@ -18,13 +18,13 @@ another: a resumed run sees exactly the batches of an uninterrupted one.
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["epoch_seed", "seed_globals", "EpochLoader", "make_loader"]
+from ..seeding import seed_everything
+
+__all__ = ["epoch_seed", "EpochLoader", "make_loader"]
 
 _ORDER, _GLOBALS = 0, 1  # independent streams derived from the same (seed, epoch)
 
@@ -33,13 +33,6 @@ def epoch_seed(seed: int, epoch: int, stream: int = _ORDER) -> int:
     """A 63-bit seed that is a pure function of (seed, epoch, stream)."""
     state = np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
-
-
-def seed_globals(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global generator and torch's from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class EpochLoader(DataLoader):
@@ -58,7 +51,7 @@ class EpochLoader(DataLoader):
     def __iter__(self):
         self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
         if self.shuffle:
-            seed_globals(epoch_seed(self.seed, self.epoch, _GLOBALS))
+            seed_everything(epoch_seed(self.seed, self.epoch, _GLOBALS))
         return super().__iter__()
 
 

@@ -56,9 +56,9 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, image_si
     """Build ``cfg.name`` with its overrides, randomly initialised (timm's or the paper's init).
 
     With ``image_size`` the model also runs one zero image of that size (eval mode, no
-    grad, no random numbers drawn), so an input too small for it fails here.
+    grad, no random numbers drawn), so an input too small for it fails here.  ``cfg`` is validated
+    (:class:`~echos_core.config.Config` validates at its boundary; nothing here validates it again).
     """
-    cfg.validate()
     name = cfg.name
     if not timm.is_model(name):
         raise ConfigError("model.name", name, f"unknown model; {_suggest(name)}")

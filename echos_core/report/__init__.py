@@ -10,10 +10,12 @@
 * :mod:`.declared`: the spec's declared ``analysis:`` estimated and worded by rule (primary first, Holm);
 * :mod:`.plots`: the figures (forest plot included); :mod:`.markdown`: ``report.md`` with its conclusion rules;
 * :mod:`.csv_source`: ``epochs.csv`` and reading a report's CSVs back (``echos report --from-csv``);
-* :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
+* :mod:`.result`: every number of a report (:class:`Report`); :mod:`.build`: everything written to one folder;
+  :mod:`.cli`: ``echos report SWEEP``.
 """
 
-from .build import Report, analyse, build_report
+from .result import Report, analyse
+from .build import build_report
 from .load import ReportError, SweepRuns, load_sweep, parse_param
 from .stats import (arm_keys, arm_order, arm_summary, assign_arms, final_values, holm, on_ratio_contrasts,
                     on_ratio_trend, paired_differences, t_interval)

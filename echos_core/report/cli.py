@@ -97,7 +97,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         if not spec_path.is_file():
             raise ReportError(f"SWEEP {args.sweep}: no such spec file (give a sweep name or an existing spec)")
-        spec = load_spec(spec_path, check_configs=False)
+        spec = load_spec(spec_path)
         name, experiment, spec_uri = spec.name, experiment or spec.experiment, spec.tracking_uri
         analysis = spec.analysis
     if args.analysis:

@@ -24,7 +24,7 @@ from .design import min_detectable_difference
 from .stats import CONFIDENCE, _fmt, _is_number, _sort_value, lower_is_better
 
 if TYPE_CHECKING:
-    from .build import Report
+    from .result import Report
 
 __all__ = ["render_report", "verdict"]
 

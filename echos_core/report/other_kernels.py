@@ -28,21 +28,7 @@ import torch
 from ..config import ConfigError, config_to_dict, flatten
 from ..registry import report_rank
 
-__all__ = ["initial_model", "analyse_trials", "write_other_kernels", "resolve_sweep_dir"]
-
-
-def initial_model(cfg, num_classes: int, in_chans: int):
-    """The model exactly as the trainer initialised it for ``cfg`` (seed, build order, init)."""
-    from ..data import build_data
-    from ..inits import apply_init
-    from ..models import create_model
-    from ..trainer import seed_everything
-
-    seed_everything(cfg.seed)
-    build_data(cfg)  # the trainer builds the data first; keep the global RNG in step
-    model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, image_size=cfg.data.image_size)
-    apply_init(model, cfg.init, cfg.seed)
-    return model
+__all__ = ["analyse_trials", "write_other_kernels", "resolve_sweep_dir"]
 
 
 def resolve_sweep_dir(sweep: str | Path, storage: str | Path = "ray_results") -> Path:
@@ -87,7 +73,8 @@ def _arm_order(arm: str) -> tuple:
 def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[list[dict], dict]:
     from ..analysis import centre_surround_index, cluster_kernels, fit_dog, fit_shapes
     from ..inits import depthwise_kernels
-    from ..analysis.summary import model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
+    from ..build import build_run
 
     sweep_dir = resolve_sweep_dir(sweep_dir)
     rows: list[dict] = []
@@ -98,7 +85,7 @@ def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[li
         model, cfg, info = model_from_checkpoint(path)
         if info["epoch"] != cfg.train.epochs:
             continue  # unfinished trial: not evidence about trained kernels
-        init = initial_model(cfg, info["num_classes"], info["in_chans"])
+        init = build_run(cfg).model  # the exact initial weights: the trainer builds the same way
         final = dict(depthwise_kernels(model))
         start = dict(depthwise_kernels(init))
         w = torch.cat([final[n] for n in final]).double().numpy()

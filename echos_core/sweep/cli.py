@@ -52,8 +52,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.smoke_test and args.address:
         raise SpecError("--address", args.address, "--smoke-test runs on the local machine; leave out --address")
-    spec = load_spec(args.spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
-                     check_configs=False)
+    spec = load_spec(args.spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path)
     n_checked = check_trainer_configs(spec)  # the real spec, even when only its smoke test runs
     notes: list[str] = []
     if args.smoke_test:

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
 
 from ..config import ConfigError, apply_overrides, config_from_dict
 from .spec import SpecError, SweepSpec, base_value, possible_values
 
 __all__ = ["smoke_spec"]
-
-
-def _err(key: str, value: Any, rule: str) -> SpecError:
-    return SpecError(key, value, rule)
 
 
 _NEEDS_FILES = ("cifar10", "cifar100", "imagefolder")
@@ -83,7 +78,7 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
                         arm[k] = caps[k](arm[k])
         elif p.key in caps:
             if p.type not in ("choice", "grid"):
-                raise _err(f"space.{p.key}", p.type, "--smoke-test cannot cut a searched range of this key; "
+                raise SpecError(f"space.{p.key}", p.type, "--smoke-test cannot cut a searched range of this key; "
                                                      "use choice or grid values")
             capped = list(dict.fromkeys(caps[p.key](v) for v in p.values))
             p.values = capped
@@ -100,5 +95,5 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
     try:
         config_from_dict({**s.base, "seed": s.seeds[0]})
     except ConfigError as e:
-        raise _err(f"smoke_test.{e.field}", e.value, e.rule) from None
+        raise SpecError(f"smoke_test.{e.field}", e.value, e.rule) from None
     return s, notes

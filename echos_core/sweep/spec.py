@@ -29,6 +29,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from ..config import Config, ConfigError, _known_paths, apply_overrides, config_from_dict, set_dotted
+from ..validation import choice, float_range, int_range, is_int, is_number, nonempty
 from .analysis_spec import AnalysisSpec, parse_analysis
 
 __all__ = [
@@ -250,15 +251,11 @@ def inline(v: Any) -> str:
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def _err(key: str, value: Any, rule: str) -> SpecError:
-    return SpecError(key, value, rule)
-
-
 def _mapping(d: Any, key: str) -> dict:
     if d is None:
         return {}
     if not isinstance(d, dict):
-        raise _err(key, d, "must be a mapping")
+        raise SpecError(key, d, "must be a mapping")
     return d
 
 
@@ -267,32 +264,19 @@ def _only_keys(d: dict, allowed: Iterable[str], prefix: str) -> None:
     for k, v in d.items():
         if k not in allowed:
             where = f"{prefix}.{k}" if prefix else str(k)
-            raise _err(where, v, f"unknown key; allowed{' in ' + prefix if prefix else ''}: {', '.join(allowed)}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            raise SpecError(where, v, f"unknown key; allowed{' in ' + prefix if prefix else ''}: {', '.join(allowed)}")
 
 
 def _int(d: dict, k: str, key: str, default: Any, lo: Optional[int] = None) -> Any:
     v = d.get(k, default)
-    if v is None:
-        return None
-    if not _is_int(v):
-        raise _err(key, v, "must be an integer")
-    if lo is not None and v < lo:
-        raise _err(key, v, f"must be >= {lo}")
+    if v is not None:
+        int_range(key, v, lo, None, error=SpecError)
     return v
 
 
 def _num(d: dict, k: str, key: str, default: Any) -> Any:
     v = d.get(k, default)
-    if not _is_num(v):
-        raise _err(key, v, "must be a finite number")
+    float_range(key, v, None, None, error=SpecError)
     return v
 
 
@@ -300,10 +284,9 @@ def _str(d: dict, k: str, key: str, default: Any, choices: Optional[tuple] = Non
     v = d.get(k, default)
     if v is None:
         return None
-    if not isinstance(v, str) or not v.strip():
-        raise _err(key, v, "must be a non-empty string" + (f": one of {', '.join(choices)}" if choices else ""))
-    if choices and v not in choices:
-        raise _err(key, v, f"must be one of {', '.join(choices)}")
+    nonempty(key, v, error=SpecError, hint=f": one of {', '.join(choices)}" if choices else "")
+    if choices:
+        choice(key, v, choices, error=SpecError)
     return v
 
 
@@ -311,33 +294,32 @@ def _str(d: dict, k: str, key: str, default: Any, choices: Optional[tuple] = Non
 
 
 def load_spec(path: str | Path, *, tracking_uri: Optional[str] = None,
-              storage_path: Optional[str] = None, check_configs: bool = True) -> SweepSpec:
-    """Read, parse and validate a spec file (``tracking_uri``/``storage_path`` override the file)."""
+              storage_path: Optional[str] = None) -> SweepSpec:
+    """Read and parse a spec file (``tracking_uri``/``storage_path`` override the file).
+
+    The trainer configs its space can produce are checked by
+    :func:`echos_core.sweep.validate.check_trainer_configs`, which the caller runs."""
     p = Path(path)
     if not p.is_file():
-        raise _err("SPEC", str(path), "file does not exist")
+        raise SpecError("SPEC", str(path), "file does not exist")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise _err("SPEC", str(path), f"is not valid YAML: {' '.join(str(e).split())}") from None
+        raise SpecError("SPEC", str(path), f"is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
-        raise _err("SPEC", str(path), "must contain a mapping at the top level")
+        raise SpecError("SPEC", str(path), "must contain a mapping at the top level")
     if tracking_uri is not None:
         data.setdefault("mlflow", {})
         if not isinstance(data["mlflow"], dict):
-            raise _err("mlflow", data["mlflow"], "must be a mapping")
+            raise SpecError("mlflow", data["mlflow"], "must be a mapping")
         data["mlflow"]["tracking_uri"] = tracking_uri
     if storage_path is not None:
         data.setdefault("ray", {})
         if not isinstance(data["ray"], dict):
-            raise _err("ray", data["ray"], "must be a mapping")
+            raise SpecError("ray", data["ray"], "must be a mapping")
         data["ray"]["storage_path"] = storage_path
     spec = parse_spec(data, base_dir=p.parent)
     spec.source = str(p)
-    if check_configs:
-        from .validate import check_trainer_configs
-
-        check_trainer_configs(spec)
     return spec
 
 
@@ -348,12 +330,12 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
 
     name = _str(data, "name", "name", None)
     if name is None:
-        raise _err("name", None, "is required (the sweep's name: letters, digits, '-', '_', '.')")
+        raise SpecError("name", None, "is required (the sweep's name: letters, digits, '-', '_', '.')")
     if not _NAME.match(name):
-        raise _err("name", name, "must start with a letter or digit and hold only letters, digits, '-', '_', '.'")
+        raise SpecError("name", name, "must start with a letter or digit and hold only letters, digits, '-', '_', '.'")
     description = data.get("description", "") or ""
     if not isinstance(description, str):
-        raise _err("description", description, "must be a string")
+        raise SpecError("description", description, "must be a string")
 
     base = _parse_base(data.get("base"), Path(base_dir))
 
@@ -363,30 +345,30 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
     # ---- how many
     if search.algorithm == "grid":
         if data.get("num_samples") not in (None, 1):
-            raise _err("num_samples", data["num_samples"],
+            raise SpecError("num_samples", data["num_samples"],
                        "must be left out with search grid (the grid is run once, per seed)")
         num_samples = 1
     else:
         if not params:
-            raise _err("space", data.get("space"), f"is empty; search {search.algorithm} needs at least one "
+            raise SpecError("space", data.get("space"), f"is empty; search {search.algorithm} needs at least one "
                                                    "parameter (use search grid to repeat the base config over seeds)")
         num_samples = _int(data, "num_samples", "num_samples", None, lo=1)
         if num_samples is None:
-            raise _err("num_samples", None, f"is required with search {search.algorithm} "
+            raise SpecError("num_samples", None, f"is required with search {search.algorithm} "
                                             "(configurations to sample; each runs once per seed)")
     max_concurrent = _int(data, "max_concurrent", "max_concurrent", None, lo=1)
 
     # ---- seeds
     seeds = data.get("seeds", [0])
-    if _is_int(seeds):
+    if is_int(seeds):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds:
-        raise _err("seeds", seeds, "must be a non-empty list of integers")
+        raise SpecError("seeds", seeds, "must be a non-empty list of integers")
     for s in seeds:
-        if not _is_int(s) or not 0 <= s < 2**32:
-            raise _err("seeds", s, "every seed must be an integer in [0, 2**32)")
+        if not is_int(s) or not 0 <= s < 2**32:
+            raise SpecError("seeds", s, "every seed must be an integer in [0, 2**32)")
     if len(set(seeds)) != len(seeds):
-        raise _err("seeds", seeds, "must not repeat a seed")
+        raise SpecError("seeds", seeds, "must not repeat a seed")
 
     # ---- objective
     metric = _str(data, "metric", "metric", "val_top1", METRICS)
@@ -397,12 +379,12 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
     _only_keys(res, ("cpus", "gpus"), "resources")
     cpus = _num(res, "cpus", "resources.cpus", 1)
     if cpus <= 0:
-        raise _err("resources.cpus", cpus, "must be > 0")
+        raise SpecError("resources.cpus", cpus, "must be > 0")
     gpus = _num(res, "gpus", "resources.gpus", 0)
     if gpus < 0:
-        raise _err("resources.gpus", gpus, "must be >= 0 (fractions such as 0.5 share a GPU)")
+        raise SpecError("resources.gpus", gpus, "must be >= 0 (fractions such as 0.5 share a GPU)")
     if gpus > 1 and gpus != int(gpus):
-        raise _err("resources.gpus", gpus, "must be a whole number when above 1")
+        raise SpecError("resources.gpus", gpus, "must be a whole number when above 1")
 
     # ---- scheduler
     scheduler = _parse_scheduler(data.get("scheduler", "none"))
@@ -441,28 +423,28 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
 
 def _parse_base(raw: Any, base_dir: Path) -> dict:
     if raw is None:
-        raise _err("base", None, "is required: the trainer config (a mapping, or the path of an `echos train` YAML)")
+        raise SpecError("base", None, "is required: the trainer config (a mapping, or the path of an `echos train` YAML)")
     if isinstance(raw, str):
         p = Path(raw)
         p = p if p.is_absolute() else base_dir / p
         if not p.is_file():
-            raise _err("base", raw, f"file does not exist (looked for {p})")
+            raise SpecError("base", raw, f"file does not exist (looked for {p})")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise _err("base", str(p), f"is not valid YAML: {' '.join(str(e).split())}") from None
+            raise SpecError("base", str(p), f"is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
-        raise _err("base", raw, "must be a mapping (the trainer config tree) or the path of a YAML file")
+        raise SpecError("base", raw, "must be a mapping (the trainer config tree) or the path of a YAML file")
     base = copy.deepcopy(raw)
     for key in ("seed", "mlflow.tracking_uri", "mlflow.experiment"):  # output_dir/run_name: Ray's trial folder wins
         head, _, rest = key.partition(".")
         if head in base and (not rest or (isinstance(base[head], dict) and rest in base[head])):
             val = base[head] if not rest else base[head][rest]
-            raise _err(f"base.{key}", val, _reserved_rule(key))
+            raise SpecError(f"base.{key}", val, _reserved_rule(key))
     try:
         config_from_dict(base)
     except ConfigError as e:
-        raise _err(f"base.{e.field}", e.value, e.rule) from None
+        raise SpecError(f"base.{e.field}", e.value, e.rule) from None
     return base
 
 
@@ -483,9 +465,9 @@ def _parse_search(raw: Any) -> SearchSpec:
     seed = _int(raw, "seed", "search.seed", 0, lo=0)
     n_startup = _int(raw, "n_startup_trials", "search.n_startup_trials", 10, lo=1)
     if algo != "optuna" and "n_startup_trials" in raw:
-        raise _err("search.n_startup_trials", raw["n_startup_trials"], "only applies to search algorithm optuna")
+        raise SpecError("search.n_startup_trials", raw["n_startup_trials"], "only applies to search algorithm optuna")
     if algo == "grid" and "seed" in raw:
-        raise _err("search.seed", raw["seed"], "does not apply to search grid (nothing is sampled)")
+        raise SpecError("search.seed", raw["seed"], "does not apply to search grid (nothing is sampled)")
     return SearchSpec(algorithm=algo, seed=seed, n_startup_trials=n_startup)
 
 
@@ -497,7 +479,7 @@ def _parse_scheduler(raw: Any) -> SchedulerSpec:
     raw = _mapping(raw, "scheduler")
     typ = _str(raw, "type", "scheduler.type", None, SCHEDULERS)
     if typ is None:
-        raise _err("scheduler.type", None, f"is required: one of {', '.join(SCHEDULERS)}")
+        raise SpecError("scheduler.type", None, f"is required: one of {', '.join(SCHEDULERS)}")
     if typ == "none":
         _only_keys(raw, ("type",), "scheduler")
         return SchedulerSpec(type="none")
@@ -506,21 +488,21 @@ def _parse_scheduler(raw: Any) -> SchedulerSpec:
     grace = _int(raw, "grace_period", "scheduler.grace_period", 1, lo=1)
     rf = _num(raw, "reduction_factor", "scheduler.reduction_factor", 2)
     if rf < 2:
-        raise _err("scheduler.reduction_factor", rf, "must be >= 2 (keep the best 1/reduction_factor at each rung)")
+        raise SpecError("scheduler.reduction_factor", rf, "must be >= 2 (keep the best 1/reduction_factor at each rung)")
     if max_t is not None and grace > max_t:
-        raise _err("scheduler.grace_period", grace, f"must be <= scheduler.max_t ({max_t})")
+        raise SpecError("scheduler.grace_period", grace, f"must be <= scheduler.max_t ({max_t})")
     return SchedulerSpec(type=typ, max_t=max_t, grace_period=grace, reduction_factor=float(rf))
 
 
 def _check_config_key(where: str, key: Any, value: Any) -> None:
     if not isinstance(key, str):
-        raise _err(where, key, "must be a dotted config key such as init.on_ratio")
+        raise SpecError(where, key, "must be a dotted config key such as init.on_ratio")
     if key in RESERVED_KEYS:
-        raise _err(where, value, _reserved_rule(key))
+        raise SpecError(where, value, _reserved_rule(key))
     try:
         set_dotted({}, key, value)
     except ConfigError as e:
-        raise _err(where, value, e.rule) from None
+        raise SpecError(where, value, e.rule) from None
 
 
 def _scalar(v: Any) -> bool:
@@ -534,7 +516,7 @@ def _parse_space(raw: Any, algorithm: str) -> list[Param]:
     for p in params:
         for k in sorted(p.config_keys()):
             if k in owner:
-                raise _err(f"space.{p.key}", k, f"sets a config key that space.{owner[k]} also sets")
+                raise SpecError(f"space.{p.key}", k, f"sets a config key that space.{owner[k]} also sets")
             owner[k] = p.key
     return params
 
@@ -542,16 +524,16 @@ def _parse_space(raw: Any, algorithm: str) -> list[Param]:
 def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
     where = f"space.{key}"
     if not isinstance(key, str) or not key:
-        raise _err("space", key, "keys must be dotted config keys (init.on_ratio) or arm names")
+        raise SpecError("space", key, "keys must be dotted config keys (init.on_ratio) or arm names")
     if not isinstance(spec, dict):
-        raise _err(where, spec, "must be a mapping with `type` and its arguments, e.g. {type: uniform, low: 0, high: 1}")
+        raise SpecError(where, spec, "must be a mapping with `type` and its arguments, e.g. {type: uniform, low: 0, high: 1}")
     typ = _str(spec, "type", f"{where}.type", None, PARAM_TYPES)
     if typ is None:
-        raise _err(f"{where}.type", None, f"is required: one of {', '.join(PARAM_TYPES)}")
+        raise SpecError(f"{where}.type", None, f"is required: one of {', '.join(PARAM_TYPES)}")
     if typ == "grid" and algorithm != "grid":
-        raise _err(f"{where}.type", typ, f"grid parameters need search grid (search is {algorithm}; use choice)")
+        raise SpecError(f"{where}.type", typ, f"grid parameters need search grid (search is {algorithm}; use choice)")
     if algorithm == "grid" and typ != "grid":
-        raise _err(f"{where}.type", typ, "must be grid with search grid (every dimension is enumerated)")
+        raise SpecError(f"{where}.type", typ, "must be grid with search grid (every dimension is enumerated)")
 
     if typ in ("uniform", "loguniform", "int"):
         _only_keys(spec, ("type", "low", "high") + (("step",) if typ == "int" else ()), where)
@@ -559,7 +541,7 @@ def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
             _check_config_key(where, key, spec.get("low"))
         for b in ("low", "high"):
             if b not in spec:
-                raise _err(f"{where}.{b}", None, f"is required for type {typ}")
+                raise SpecError(f"{where}.{b}", None, f"is required for type {typ}")
         low, high = spec["low"], spec["high"]
         if typ == "int":
             low = _int(spec, "low", f"{where}.low", None)
@@ -567,18 +549,18 @@ def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
             step = _int(spec, "step", f"{where}.step", 1, lo=1)
             _check_config_key(where, key, low)
             if low > high:
-                raise _err(f"{where}.low", low, f"must be <= high ({high})")
+                raise SpecError(f"{where}.low", low, f"must be <= high ({high})")
             if (high - low) % step:
-                raise _err(f"{where}.high", high, f"high - low must be a multiple of step ({step}) "
+                raise SpecError(f"{where}.high", high, f"high - low must be a multiple of step ({step}) "
                                                   f"so that high is reachable from low")
             return Param(key=key, type=typ, low=low, high=high, step=step)
         for b, v in (("low", low), ("high", high)):
-            if not _is_num(v):
-                raise _err(f"{where}.{b}", v, "must be a finite number")
+            if not is_number(v):
+                raise SpecError(f"{where}.{b}", v, "must be a finite number")
         if low >= high:
-            raise _err(f"{where}.low", low, f"must be < high ({high}); use a constant in base for a single value")
+            raise SpecError(f"{where}.low", low, f"must be < high ({high}); use a constant in base for a single value")
         if typ == "loguniform" and low <= 0:
-            raise _err(f"{where}.low", low, "must be > 0 for loguniform")
+            raise SpecError(f"{where}.low", low, "must be > 0 for loguniform")
         return Param(key=key, type=typ, low=float(low), high=float(high))
 
     # choice / grid
@@ -586,39 +568,39 @@ def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
     values = spec.get("values")
     named = isinstance(values, dict)  # {label: arm, ...}: arms with chosen labels
     if not (isinstance(values, list) or named) or not values:
-        raise _err(f"{where}.values", values, f"must be a non-empty list (or a mapping of labelled arms) for type {typ}")
+        raise SpecError(f"{where}.values", values, f"must be a non-empty list (or a mapping of labelled arms) for type {typ}")
     items = list(values.items()) if named else [(None, v) for v in values]
     if named or all(isinstance(v, dict) for _, v in items):
         if key in _known_paths():
-            raise _err(f"{where}.values", items[0][1], "must be plain values for a config key; mappings of "
+            raise SpecError(f"{where}.values", items[0][1], "must be plain values for a config key; mappings of "
                                                        "several config keys (arms) need a name that is not a config key")
         arms: dict[str, dict] = {}
         seen: dict[str, str] = {}
         for i, (label, arm) in enumerate(items):
             at = f"{where}.values.{label}" if named else f"{where}.values[{i}]"
             if named and not (isinstance(label, str) and _NAME.match(label)):
-                raise _err(at, label, "an arm label must be letters, digits, '-', '_', '.'")
+                raise SpecError(at, label, "an arm label must be letters, digits, '-', '_', '.'")
             if not isinstance(arm, dict) or not arm:
-                raise _err(at, arm, "an arm must be a mapping that sets at least one config key")
+                raise SpecError(at, arm, "an arm must be a mapping that sets at least one config key")
             for k, v in arm.items():
                 _check_config_key(f"{at}.{k}", k, v)
                 if not _scalar(v):
-                    raise _err(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
+                    raise SpecError(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
             label = label if named else arm_label(arm)
             fingerprint = inline(dict(sorted(arm.items())))
             if fingerprint in seen or label in arms:
-                raise _err(at, arm, "repeats an earlier arm")
+                raise SpecError(at, arm, "repeats an earlier arm")
             seen[fingerprint] = label
             arms[label] = dict(arm)
         return Param(key=key, type=typ, arms=arms)
     for i, v in enumerate(values):
         if isinstance(v, dict):
-            raise _err(f"{where}.values[{i}]", v, "mixes a mapping (arm) with plain values; use one or the other")
+            raise SpecError(f"{where}.values[{i}]", v, "mixes a mapping (arm) with plain values; use one or the other")
         if not _scalar(v):
-            raise _err(f"{where}.values[{i}]", v, "must be a plain value (number, string, bool, null)")
+            raise SpecError(f"{where}.values[{i}]", v, "must be a plain value (number, string, bool, null)")
     _check_config_key(where, key, values[0])
     if len({inline(v) for v in values}) != len(values):
-        raise _err(f"{where}.values", values, "must not repeat a value")
+        raise SpecError(f"{where}.values", values, "must not repeat a value")
     return Param(key=key, type=typ, values=list(values))
 
 
@@ -634,25 +616,25 @@ def _check_cross_rules(spec: SweepSpec) -> None:
     """Rules that tie sections together (the trainer configs themselves come later)."""
     device = str(spec.base.get("train", {}).get("device", "auto"))
     if spec.gpus == 0 and device.startswith("cuda"):
-        raise _err("resources.gpus", spec.gpus, f"is 0 but base train.device is {device!r}: "
+        raise SpecError("resources.gpus", spec.gpus, f"is 0 but base train.device is {device!r}: "
                                                 "a trial without a GPU cannot use one")
     if spec.gpus > 0 and device == "cpu":
-        raise _err("resources.gpus", spec.gpus, "is > 0 but base train.device is 'cpu': the GPU would sit idle")
+        raise SpecError("resources.gpus", spec.gpus, "is > 0 but base train.device is 'cpu': the GPU would sit idle")
     sch = spec.scheduler
     if sch.type == "asha":
         epochs = possible_values(spec, "train.epochs")
         lo = min(epochs)
         if sch.max_t is None:
             if len(epochs) > 1:
-                raise _err("scheduler.max_t", None, "is required when train.epochs is searched")
+                raise SpecError("scheduler.max_t", None, "is required when train.epochs is searched")
             sch.max_t = lo
         if sch.max_t > lo:
-            raise _err("scheduler.max_t", sch.max_t, f"must be <= train.epochs ({lo}): a trial never reports "
+            raise SpecError("scheduler.max_t", sch.max_t, f"must be <= train.epochs ({lo}): a trial never reports "
                                                      "beyond its own train.epochs")
         if sch.grace_period > sch.max_t:
-            raise _err("scheduler.grace_period", sch.grace_period, f"must be <= scheduler.max_t ({sch.max_t})")
+            raise SpecError("scheduler.grace_period", sch.grace_period, f"must be <= scheduler.max_t ({sch.max_t})")
         if spec.n_trials < 2:
-            raise _err("scheduler.type", "asha", "needs at least 2 trials to compare; use scheduler none")
+            raise SpecError("scheduler.type", "asha", "needs at least 2 trials to compare; use scheduler none")
 
 
 def possible_values(spec: SweepSpec, key: str) -> list:

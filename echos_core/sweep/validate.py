@@ -27,10 +27,6 @@ __all__ = ["check_trainer_configs"]
 _MAX_COMBOS = 1024
 
 
-def _err(key: str, value: Any, rule: str) -> SpecError:
-    return SpecError(key, value, rule)
-
-
 _STRUCTURAL = ("model.", "init.", "data.image_size", "data.name", "data.fake_classes")
 
 
@@ -91,11 +87,11 @@ def _build_or_raise(spec: SweepSpec, sampled: dict, seed: int, blame: Optional[P
         if blame is not None:
             value = sampled[blame.key]
             if not blame.is_arm and e.field == blame.key:
-                raise _err(f"space.{blame.key}", value, e.rule) from None
-            raise _err(f"space.{blame.key}", value, f"gives an invalid trainer config: {e}") from None
+                raise SpecError(f"space.{blame.key}", value, e.rule) from None
+            raise SpecError(f"space.{blame.key}", value, f"gives an invalid trainer config: {e}") from None
         if sampled:
             raise SpecError.at(_where(spec, sampled), f"this combination gives an invalid trainer config: {e}") from None
-        raise _err(f"base.{e.field}" if e.field != "seed" else "seeds", e.value, e.rule) from None
+        raise SpecError(f"base.{e.field}" if e.field != "seed" else "seeds", e.value, e.rule) from None
 
 
 def _num_classes(cfg: Config) -> int:
@@ -118,7 +114,7 @@ def _model_for(cfg: Config, cache: dict, spec: SweepSpec, combo: dict):
                                           image_size=cfg.data.image_size)
         except ConfigError as e:
             if not combo:
-                raise _err(f"base.{e.field}", e.value, e.rule) from None
+                raise SpecError(f"base.{e.field}", e.value, e.rule) from None
             raise SpecError.at(_where(spec, combo), str(e)) from None
         except ValueError as e:
             raise SpecError.at(_where(spec, combo), str(e)) from None
