@@ -108,6 +108,50 @@ def test_files_written_and_images_valid(report_dir):
         assert img[..., :3].std() > 0.01  # something was drawn
 
 
+def _drawn(monkeypatch, plot, *args, **kwargs):
+    """The matplotlib figure ``plot`` draws (captured as it is saved)."""
+    from echos_core.report import plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or save(fig, path))
+    plot(*args, **kwargs)
+    return figs[0]
+
+
+def test_accuracy_vs_on_ratio_draws_the_arm_means_and_the_baselines(report_dir, monkeypatch, tmp_path):
+    from echos_core.report.plots import plot_metric_vs
+
+    trials = pd.read_csv(report_dir / "trials.csv").drop(columns=["arm"])
+    (ax,) = _drawn(monkeypatch, plot_metric_vs, trials, ["init.on_ratio"], tmp_path / "a.png").axes
+    lines = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    dog = lines["dog: mean ± 95% CI"]
+    assert dog.get_xdata().tolist() == [0.0, 0.5, 1.0]
+    # the complete trials only: the ASHA-stopped seed 3 of on_ratio 0.5 (40.0) is not in the mean
+    assert dog.get_ydata() == pytest.approx([np.mean(FINAL[("dog", r)]) for r in (0.0, 0.5, 1.0)])
+    for scheme in ("kaiming", "default"):  # baselines: a horizontal line at their mean
+        (label,) = [k for k in lines if k.startswith(f"{scheme}: mean")]
+        assert lines[label].get_ydata() == pytest.approx([np.mean(FINAL[(scheme, None)])] * 2)
+    from matplotlib.collections import PathCollection
+
+    points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)])
+    assert sorted(points) == sorted(v for r in (0.0, 0.5, 1.0) for v in FINAL[("dog", r)])
+
+
+def test_learning_curves_draw_the_mean_curve_per_arm(report_dir, store, monkeypatch, tmp_path):
+    from echos_core.report import load_sweep
+    from echos_core.report.plots import plot_learning_curves
+
+    runs = load_sweep(store["uri"], SWEEP)
+    trials = assign_arms(runs.trials)
+    fig = _drawn(monkeypatch, plot_learning_curves, trials, runs.curves, tmp_path / "c.png", "val_top1")
+    lines = {ln.get_label(): ln for ax in fig.axes for ln in ax.get_lines()}
+    kai = lines["kaiming (n=3)"]
+    assert kai.get_xdata().tolist() == [1, 2, 3]
+    final = np.mean(FINAL[("kaiming", None)])  # the logged curve is final - 5 * (EPOCHS - epoch)
+    assert kai.get_ydata() == pytest.approx([final - 10.0, final - 5.0, final])
+
+
 def test_trials_csv_one_row_per_trial_with_asha_flag(report_dir, store):
     t = pd.read_csv(report_dir / "trials.csv")
     assert len(t) == 16  # 15 complete + 1 ASHA-stopped; the other experiment's run is not there

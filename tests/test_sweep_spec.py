@@ -288,30 +288,38 @@ def test_spec_error_is_a_config_error():
 # --------------------------------------------------------------------------- how a spec maps onto Ray Tune and Optuna
 
 
-def test_optuna_and_random_search_are_seeded_repeaters_behind_a_limiter():
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter, Repeater
-    from ray.tune.search.optuna import OptunaSearch
+def _suggested(spec: dict, n: int) -> list[dict]:
+    """The first ``n`` trial configs the spec's search algorithm suggests (completing each at once)."""
+    from echos_core.sweep.runner import _search_alg
 
-    from echos_core.sweep.runner import _param_space, _search_alg
+    alg = _search_alg(parse_spec(spec), max_concurrent=2)
+    out = []
+    for i in range(n):
+        config = alg.suggest(f"t{i}")
+        assert config is not None
+        out.append(config)
+        alg.on_trial_complete(f"t{i}", result={"val_top1": float(i), "training_iteration": 1})
+    return out
 
+
+@pytest.mark.parametrize("algo", ["optuna", "random"])
+def test_a_sweep_seeded_twice_samples_the_same_configurations(algo):
     spec = copy.deepcopy(VALID)
     spec["space"]["model.kernel_size"] = {"type": "int", "low": 3, "high": 9, "step": 2}
     spec["space"]["arm"] = {"type": "choice", "values": [{"init.scheme": "kaiming"}, {"init.scheme": "dog"}]}
-    for algo, sampler in (("optuna", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler)):
-        spec["search"] = {"algorithm": algo, "seed": 7}
-        s = parse_spec(spec)
-        alg = _search_alg(s, max_concurrent=3)
-        assert isinstance(alg, ConcurrencyLimiter) and alg.max_concurrent == 3
-        rep = alg.searcher
-        assert isinstance(rep, Repeater) and rep.repeat == 2 and rep._set_index
-        ots = rep.searcher
-        assert isinstance(ots, OptunaSearch) and isinstance(ots._sampler, sampler)
-        space = ots._space
-        assert space["model.kernel_size"] == optuna.distributions.IntDistribution(3, 9, step=2)
-        assert space["train.lr"] == optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
-        assert space["arm"].choices == ("scheme=kaiming", "scheme=dog")
-        assert _param_space(s) == {}
+    spec["num_samples"] = 6
+    spec["search"] = {"algorithm": algo, "seed": 7}
+    first, again = _suggested(spec, 12), _suggested(spec, 12)
+    assert first == again
+    spec["search"]["seed"] = 8
+    assert _suggested(spec, 12) != first  # the seed, not luck, makes them equal
+    for a, b in zip(first[::2], first[1::2]):  # each configuration runs once per seed in spec.seeds, in a row
+        assert {k: v for k, v in a.items() if k != "__trial_index__"} == {k: v for k, v in b.items() if k != "__trial_index__"}
+        assert (a["__trial_index__"], b["__trial_index__"]) == (0, 1)
+    for c in first:  # inside the declared space
+        assert c["model.kernel_size"] in (3, 5, 7, 9) and 1e-3 <= c["train.lr"] <= 1e-2
+        assert 0.0 <= c["init.on_ratio"] <= 1.0 and c["arm"] in ("scheme=kaiming", "scheme=dog")
+    assert len({c["arm"] for c in first}) == 2 and len({c["train.lr"] for c in first}) == 6
 
 
 def test_grid_search_enumerates_the_grid_and_the_seeds():

@@ -184,8 +184,10 @@ def t_interval(values: Iterable[float], level: float = CONFIDENCE) -> tuple[int,
     if n < 2:
         return n, mean, math.nan, math.nan, math.nan
     sd = float(x.std(ddof=1))
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return n, mean, sd, mean - half, mean + half
+    if sd == 0:  # every value equal: the interval is that value (scipy would divide by zero)
+        return n, mean, sd, mean, mean
+    ci = sps.ttest_1samp(x, 0.0).confidence_interval(level)
+    return n, mean, sd, float(ci.low), float(ci.high)
 
 
 def arm_summary(trials: pd.DataFrame, metric: str = "val_top1") -> pd.DataFrame:
@@ -230,6 +232,8 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, col: str) -> dict:
     if n >= 2 and sd > 0:
         res = sps.ttest_rel(m[f"{col}_a"].astype(float), m[f"{col}_b"].astype(float))
         t_stat, p = float(res.statistic), float(res.pvalue)
+        ci = res.confidence_interval(CONFIDENCE)
+        lo, hi = float(ci.low), float(ci.high)
     return {"n_pairs": n, "mean_diff": mean, "sd_diff": sd, "ci_low": lo, "ci_high": hi, "t": t_stat, "p": p,
             "seeds": " ".join(str(s) for s in m["seed"].tolist())}
 
@@ -358,18 +362,17 @@ def on_ratio_trend(trials: pd.DataFrame, metric: str = "val_top1") -> pd.DataFra
 
 
 def _quadratic(x: np.ndarray, y: np.ndarray, minimise: bool) -> dict:
-    X = np.column_stack([np.ones_like(x), x, x * x])
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    # coefficients highest power first: (curvature, slope, intercept); cov scaled by residual variance / (n - 3)
+    beta, cov = np.polyfit(x, y, 2, cov="unscaled")
     n = len(x)
-    resid = y - X @ beta
-    s2 = float(resid @ resid) / (n - 3)
-    cov = s2 * np.linalg.inv(X.T @ X)
-    c, se = float(beta[2]), math.sqrt(max(float(cov[2, 2]), 0.0))
+    resid = y - np.polyval(beta, x)
+    cov = cov * float(resid @ resid) / (n - 3)
+    c, se = float(beta[0]), math.sqrt(max(float(cov[0, 0]), 0.0))
     tcrit = float(sps.t.ppf(0.5 + CONFIDENCE / 2, n - 3))
     p = float(2 * sps.t.sf(abs(c / se), n - 3)) if se > 0 else math.nan
     optimum = math.nan
     if (c > 0) if minimise else (c < 0):
-        v = -float(beta[1]) / (2 * c)
+        v = -float(beta[1]) / (2 * c)  # the vertex
         if x.min() <= v <= x.max():
             optimum = v
     return {"curvature": c, "curvature_ci_low": c - tcrit * se, "curvature_ci_high": c + tcrit * se,
