@@ -183,9 +183,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, *,
 
 
 def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) -> TrainResult:
-    from timm.loss import SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-
     from .data import make_loader
 
     # ---- 1. everything that can be wrong is checked before compute
@@ -198,14 +195,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
     built = build_run(cfg)
     data, model, report = built.data, built.model, built.init_report
-    n_train = len(data.train)
-    if tc.batch_size > n_train:
-        raise ConfigError("train.batch_size", tc.batch_size, f"must be <= the number of training images ({n_train})")
-    if data.mixup_fn is not None and tc.batch_size % 2:
-        raise ConfigError("train.batch_size", tc.batch_size, "must be even when mixup/CutMix is on (images are paired)")
-    steps_per_epoch = n_train // tc.batch_size  # drop_last: every step sees a full batch
-    if tc.steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
+    steps_per_epoch = _steps_per_epoch(tc, data)
     total_steps = tc.epochs * steps_per_epoch
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
 
@@ -219,15 +209,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=tc.lr, weight_decay=tc.weight_decay,
-                                    filter_bias_and_bn=True)
-    min_ratio = tc.min_lr / tc.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, min_ratio))
-    if data.mixup_fn is not None:
-        criterion: nn.Module = SoftTargetCrossEntropy()  # mixup_fn smooths the targets itself
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    optimizer, scheduler, criterion = _optimisation(model, tc, warmup_steps, total_steps, data.mixup_fn is not None)
 
     history: list[dict] = []
     start_epoch = 1
@@ -257,48 +239,18 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
                              num_workers=cfg.data.num_workers, drop_last=False)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
         set_rng_state(ckpt["rng"])
-    check_every = 1 if device.type == "cpu" else 32  # a host sync per check: rarely on accelerators
     bar = _progress_bar(progress, total_steps, (start_epoch - 1) * steps_per_epoch)
+    step_ctx = _Steps(model=model, runner=runner, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
+                      device=device, channels_last=channels_last, autocast=autocast, mixup_fn=data.mixup_fn,
+                      grad_clip=tc.grad_clip, steps_per_epoch=steps_per_epoch)
 
     # ---- 3. epochs
     try:
         for epoch in range(start_epoch, tc.epochs + 1):
             loader = make_loader(data.train, tc.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                                  num_workers=cfg.data.num_workers, drop_last=True)
-            runner.train()
-            losses: list[torch.Tensor] = []
-            checked = 0
             t0 = time.perf_counter()
-            for step, (x, y) in enumerate(loader):
-                if step >= steps_per_epoch:
-                    break
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                if data.mixup_fn is not None:
-                    x, y = data.mixup_fn(x, y)
-                with autocast():
-                    loss = criterion(runner(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.detach().float())
-                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                    _check_finite(losses, checked, epoch, steps_per_epoch, optimizer)
-                    checked = len(losses)
-                if bar is not None:
-                    bar.update(1)
-                    if (step + 1) % 10 == 0 or step + 1 == steps_per_epoch:
-                        bar.set_postfix(epoch=epoch, loss=f"{losses[-1].item():.3f}", refresh=False)
-            if on_cuda:
-                torch.cuda.synchronize(device)
-            train_time = time.perf_counter() - t0
-            _check_finite(losses, checked, epoch, steps_per_epoch, optimizer)
-
+            losses, train_time = _train_epoch(step_ctx, loader, epoch, bar)
             metrics: dict[str, Any] = {
                 "epoch": epoch,
                 "train_loss": torch.stack(losses).mean().item(),
@@ -320,18 +272,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
             ckpt_dir = None
             if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
-                ckpt_dir = save_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}", {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "config": config_to_dict(cfg),
-                    "rng": rng_state(),
-                })
-                for old in epoch_dirs(run_dir / "checkpoints")[: -tc.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+                ckpt_dir = _save_epoch(run_dir, cfg, epoch, step_ctx, history)
             if tc.kernel_metrics and epoch == tc.epochs:
                 write_kernel_mosaics(model, run_dir / "kernels", f"epoch_{epoch:04d}")
             if callback is not None:
@@ -348,6 +289,107 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
 
 # --------------------------------------------------------------------------- helpers of train()
+
+
+def _steps_per_epoch(tc, data) -> int:
+    """Optimiser steps per epoch (full batches only); a batch size the data cannot fill is an error."""
+    n_train = len(data.train)
+    if tc.batch_size > n_train:
+        raise ConfigError("train.batch_size", tc.batch_size, f"must be <= the number of training images ({n_train})")
+    if data.mixup_fn is not None and tc.batch_size % 2:
+        raise ConfigError("train.batch_size", tc.batch_size, "must be even when mixup/CutMix is on (images are paired)")
+    steps = n_train // tc.batch_size  # drop_last: every step sees a full batch
+    return steps if tc.steps_per_epoch is None else min(steps, tc.steps_per_epoch)
+
+
+def _optimisation(model: nn.Module, tc, warmup_steps: int, total_steps: int, mixup: bool):
+    """AdamW (no decay on norms, biases, 1-d params), the warm-up + cosine schedule, the loss."""
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=tc.lr, weight_decay=tc.weight_decay,
+                                    filter_bias_and_bn=True)
+    min_ratio = tc.min_lr / tc.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, min_ratio))
+    if mixup:
+        criterion: nn.Module = SoftTargetCrossEntropy()  # mixup_fn smooths the targets itself
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    return optimizer, scheduler, criterion
+
+
+@dataclass
+class _Steps:
+    """What one optimiser step needs."""
+
+    model: nn.Module
+    runner: nn.Module  # the model, compiled or not
+    optimizer: Any
+    scheduler: Any
+    criterion: nn.Module
+    device: torch.device
+    channels_last: bool
+    autocast: Callable
+    mixup_fn: Any
+    grad_clip: float | None
+    steps_per_epoch: int
+
+
+def _train_epoch(c: _Steps, loader, epoch: int, bar) -> tuple[list[torch.Tensor], float]:
+    """One epoch of optimiser steps; returns the step losses and the training time in seconds."""
+    check_every = 1 if c.device.type == "cpu" else 32  # a host sync per check: rarely on accelerators
+    c.runner.train()
+    losses: list[torch.Tensor] = []
+    checked = 0
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        if step >= c.steps_per_epoch:
+            break
+        x = x.to(c.device, non_blocking=True)
+        y = y.to(c.device, non_blocking=True)
+        if c.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if c.mixup_fn is not None:
+            x, y = c.mixup_fn(x, y)
+        with c.autocast():
+            loss = c.criterion(c.runner(x), y)
+        c.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip is not None:
+            nn.utils.clip_grad_norm_(c.model.parameters(), c.grad_clip)
+        c.optimizer.step()
+        c.scheduler.step()
+        losses.append(loss.detach().float())
+        if (step + 1) % check_every == 0 or step + 1 == c.steps_per_epoch:
+            _check_finite(losses, checked, epoch, c.steps_per_epoch, c.optimizer)
+            checked = len(losses)
+        if bar is not None:
+            bar.update(1)
+            if (step + 1) % 10 == 0 or step + 1 == c.steps_per_epoch:
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1].item():.3f}", refresh=False)
+    if c.device.type == "cuda":
+        torch.cuda.synchronize(c.device)
+    train_time = time.perf_counter() - t0
+    _check_finite(losses, checked, epoch, c.steps_per_epoch, c.optimizer)
+    return losses, train_time
+
+
+def _save_epoch(run_dir: Path, cfg: Config, epoch: int, c: _Steps, history: list[dict]) -> Path:
+    """Write epoch ``epoch``'s checkpoint, keep the newest ``train.keep_checkpoints``; returns its folder."""
+    folder = save_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}", {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": c.model.state_dict(),
+        "optimizer": c.optimizer.state_dict(),
+        "scheduler": c.scheduler.state_dict(),
+        "history": history,
+        "config": config_to_dict(cfg),
+        "rng": rng_state(),
+    })
+    for old in epoch_dirs(run_dir / "checkpoints")[: -cfg.train.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: int = 64) -> list[Path]:
