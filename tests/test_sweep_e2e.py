@@ -153,9 +153,11 @@ def _check_trial_run(client, run, parent_id: str, max_epochs: int) -> list[int]:
     for key in ("echos.sweep", "echos.trial_id", "echos.git_revision", "echos.torch_version",
                 "echos.timm_version", "echos.ray_version", "echos.node_id"):
         assert tags.get(key), key
-    for key in ("init.scheme", "init.gamma_low", "init.gamma_high", "init.on_ratio", "model.kernel_size",
-                "model.name", "train.lr", "seed"):
+    for key in ("init.scheme", "model.kernel_size", "model.name", "train.lr", "seed"):
         assert key in params, key
+    from echos_core.registry import applicable_keys  # the init keys of the trial's own scheme, and only those
+
+    assert {k for k in params if k.startswith("init.")} == {"init.scheme", *applicable_keys(params["init.scheme"])}
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")]
     assert steps == list(range(1, len(steps) + 1)), steps  # every epoch once, in order
     for key in ("train_loss", "val_loss", "val_top5", "lr"):
