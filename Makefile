@@ -2,7 +2,7 @@
 # uv (from PyPI, if missing) and then the exact locked stack from uv.lock into .venv.
 UV ?= python3 -m uv
 
-.PHONY: bootstrap demo test test-fast results bench
+.PHONY: bootstrap demo test test-fast results bench fashion-mnist
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -23,10 +23,28 @@ test-fast: bootstrap
 ## digits study (Ray Tune sweeps logged to ./mlflow.db), their reports, and the "other"-kernel analysis.
 results: bootstrap
 	$(UV) run --frozen echos sweep sweeps/onoff_ratio.yaml
-	$(UV) run --frozen echos report onoff_ratio --out results
+	$(UV) run --frozen echos report sweeps/onoff_ratio.yaml --out results
 	$(UV) run --frozen echos other-kernels onoff_ratio --out results/other_kernels
 	$(UV) run --frozen echos sweep sweeps/digits.yaml
-	$(UV) run --frozen echos report digits --out results
+	$(UV) run --frozen echos report sweeps/digits.yaml --out results
+
+## Fashion-MNIST (data.name: fashion_mnist) from Debian's dataset-fashion-mnist package, installed with apt when
+## missing. Without apt: put the four idx files (plain or .gz) in a folder and set data.root, or data.download: true.
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@if ls $(FASHION_MNIST)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST: $(FASHION_MNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist && \
+	  echo "Fashion-MNIST: $(FASHION_MNIST)"; \
+	else \
+	  echo "Fashion-MNIST is not in $(FASHION_MNIST) and apt-get is not available here: put the four idx files" \
+	       "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte;" \
+	       "plain or .gz) in a folder and set data.root to it, or set data.download: true where a network exists." >&2; \
+	  exit 1; \
+	fi
+
 
 ## Speed figures (a)-(g) of issue 7, measured side by side (benchmarks/README.md); BENCH_ARGS=--device cuda on a GPU.
 bench: bootstrap

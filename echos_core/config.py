@@ -99,7 +99,7 @@ class AugmentConfig:
         float_range(f"{p}.mix_prob", self.mix_prob, 0.0, 1.0)
 
 
-DATASETS = ("embedded", "digits", "cifar10", "cifar100", "imagefolder", "fake")
+DATASETS = ("embedded", "digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "fake")
 PIPELINES = ("auto", "resident", "loader")
 SMALL_MAX = 64  # inputs up to this side use the small (uint8 tensor) augmentations, per sample or resident
 
@@ -108,10 +108,11 @@ SMALL_MAX = 64  # inputs up to this side use the small (uint8 tensor) augmentati
 class DataConfig:
     name: str = field(default="embedded", metadata=_doc(
         "data set: embedded (scikit-image photographs, no download), digits (scikit-learn handwriting), "
-        "cifar10, cifar100, imagefolder, fake"))
+        "fashion_mnist (Debian's dataset-fashion-mnist or idx files), cifar10, cifar100, imagefolder, fake"))
     root: Optional[str] = field(default=None, metadata=_doc(
-        "where data lives (CIFAR folder, ImageFolder root with train/ and val/); null = ~/.cache/echos/data"))
-    download: bool = field(default=False, metadata=_doc("CIFAR: download through torchvision if missing"))
+        "where data lives (CIFAR folder, ImageFolder root with train/ and val/, Fashion-MNIST idx files); "
+        "null = ~/.cache/echos/data (Fashion-MNIST: /usr/share/datasets/fashion-mnist first)"))
+    download: bool = field(default=False, metadata=_doc("CIFAR, Fashion-MNIST: download through torchvision if missing"))
     image_size: int = field(default=32, metadata=_doc("side of the (square) network input in pixels"))
     train_limit: Optional[int] = field(default=None, metadata=_doc("use at most this many training images (seeded subset)"))
     val_limit: Optional[int] = field(default=None, metadata=_doc("use at most this many validation images (first ones)"))

@@ -420,7 +420,8 @@ def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: 
     paths = []
     for name, kernels in picked:
         path = folder / f"{tag}_{name.replace('.', '-')}.png"
-        kernel_mosaic(kernels[:max_kernels], path, title=f"{tag}: {name} ({kernels.shape[0]} kernels)")
+        kernel_mosaic(kernels, path, max_kernels=max_kernels,  # the title says "first 64 of N" when it cuts
+                      title=f"run {folder.parent.name}, {tag}: layer {name}, {kernels.shape[0]} kernels")
         paths.append(path)
     return paths
 

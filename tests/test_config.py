@@ -38,7 +38,7 @@ def test_yaml_file_and_overrides(tmp_path):
     ("train.lr=fast", "train.lr='fast': must be a number"),
     ("train.lr=-1", "train.lr=-1.0: must be > 0.0"),
     ("train.device=tpu", "train.device='tpu': must be one of auto, cpu, cuda, cuda:N"),
-    ("data.name=mnist", "data.name='mnist': must be one of embedded, digits, cifar10"),
+    ("data.name=mnist", "data.name='mnist': must be one of embedded, digits, fashion_mnist, cifar10"),
     ("data.augment.randaugment=autoaug", "data.augment.randaugment='autoaug': must be a timm RandAugment"),
     ("init.colour=red", "init.colour='red': unknown key; allowed: init.scheme, init.gamma_low"),
     ("training.lr=1", "training.lr=1: unknown key; allowed:"),

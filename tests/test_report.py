@@ -15,6 +15,7 @@ from echos_core.cli import main
 from echos_core.config import config_from_dict, config_to_dict
 from echos_core.report import (arm_summary, assign_arms, final_values, holm, on_ratio_contrasts, on_ratio_trend,
                                paired_differences, t_interval)
+from echos_core.report.design import min_detectable_difference
 from echos_core.tracking import MlflowRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def test_accuracy_vs_on_ratio_draws_the_arm_means_and_the_baselines(report_dir, 
     from matplotlib.collections import PathCollection
 
     points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)])
-    assert sorted(points) == sorted(v for r in (0.0, 0.5, 1.0) for v in FINAL[("dog", r)])
+    assert sorted(points) == sorted(v for vals in FINAL.values() for v in vals)  # every seed, baselines too
 
 
 def test_learning_curves_draw_the_mean_curve_per_arm(report_dir, store, monkeypatch, tmp_path):
@@ -145,7 +146,7 @@ def test_learning_curves_draw_the_mean_curve_per_arm(report_dir, store, monkeypa
     trials = assign_arms(runs.trials)
     fig = _drawn(monkeypatch, plot_learning_curves, trials, runs.curves, tmp_path / "c.png", "val_top1")
     lines = {ln.get_label(): ln for ax in fig.axes for ln in ax.get_lines()}
-    kai = lines["kaiming (n=3)"]
+    kai = lines["kaiming: mean of 3 seeds (thin: each)"]
     assert kai.get_xdata().tolist() == [1, 2, 3]
     final = np.mean(FINAL[("kaiming", None)])  # the logged curve is final - 5 * (EPOCHS - epoch)
     assert kai.get_ydata() == pytest.approx([final - 10.0, final - 5.0, final])
@@ -209,11 +210,17 @@ def test_report_md_states_rules_numbers_and_commands(report_dir, store):
     assert f"echos report {SWEEP} --tracking-uri {store['uri']}" in md
     assert f"echos sweep sweeps/{SWEEP}.yaml" in md
     assert "16 (15 complete, 1 stopped early by ASHA, 0 failed or unfinished)" in md
-    # dog 0.5 vs kaiming: CI [0.08, 5.25] excludes 0 (claimed, with its Holm verdict)
-    assert "`dog on_ratio=0.5` is higher (better) than `kaiming` by 2.67 points" in md
-    assert "[0.08, 5.25]" in md and "survive Holm" in md
+    # dog 0.5 vs kaiming: CI [0.08, 5.25] excludes 0, but not after Holm over the 8 comparisons: no claim
+    p = pd.read_csv(report_dir / "paired.csv")
+    row = p[(p["arm"] == "dog on_ratio=0.5") & (p["baseline"] == "kaiming")].iloc[0]
+    assert row["p"] < 0.05 < row["p_holm"]
+    mdd = min_detectable_difference(row["sd_diff"], 3)
+    assert f"`dog on_ratio=0.5` vs `kaiming`: not resolved at n=3 (detectable: {mdd:.2f}) (95% CI [0.08, 5.25]" in md
+    assert "is higher (better)" not in md and "is at least as good" not in md
     # dog 0 vs kaiming: d = 0, 1, 0.5 -> CI [-0.74, 1.74] includes 0
-    assert "`dog on_ratio=0` vs `kaiming`: no detectable difference at n=3" in md
+    assert "`dog on_ratio=0` vs `kaiming`: not resolved at n=3" in md
+    assert "Descriptively, the best" not in md and "optimum near" not in md  # no ranking, no vertex
+    assert "No analysis was declared in the spec" in md
     assert "scale rule `unit`" in md and "`abc123`" in md
     assert "![accuracy_vs_on_ratio](accuracy_vs_on_ratio.png)" in md
 
@@ -406,3 +413,188 @@ def test_report_of_a_real_smoke_sweep(tmp_path):
         assert (d / name).stat().st_size > 0
     md = (d / "report.md").read_text()
     assert "echos sweep sweeps/quick.yaml --smoke-test" in md
+
+
+# --------------------------------------------------------------------------- a declared analysis
+
+
+DECLARED = {
+    "primary": {"contrast": [{"init.scheme": "dog", "init.on_ratio": 0.5}, {"init.scheme": "dog", "init.on_ratio": 0.0}]},
+    "secondary": [
+        {"contrast": [{"init.scheme": "dog", "init.on_ratio": 1.0}, {"init.scheme": "dog", "init.on_ratio": 0.0}]},
+        {"contrast": [{"init.scheme": "dog", "init.on_ratio": 0.5}, {"init.scheme": "kaiming"}], "model": "paired"},
+    ],
+    "pool": {"init.scheme": "dog"}, "alpha": 0.05, "margin": 2.0,
+}
+
+
+def test_declared_analysis_primary_first_worded_by_the_rules(store, tmp_path):
+    import yaml
+
+    f = tmp_path / "analysis.yaml"
+    f.write_text(yaml.safe_dump(DECLARED))
+    out = tmp_path / "out"
+    assert main(["report", SWEEP, "--tracking-uri", store["uri"], "--out", str(out), "--analysis", str(f)]) == 0
+    md = (out / SWEEP / "report.md").read_text()
+    assert md.index("## Primary result") < md.index("## What was run") < md.index("## Paired differences")
+    # the pooled dog arms (3 x 3, balanced): contrast = difference of means; se from the two-way residual
+    Y = np.array([FINAL[("dog", 0.0)], FINAL[("dog", 0.5)], FINAL[("dog", 1.0)]])
+    r = Y - Y.mean(1, keepdims=True) - Y.mean(0, keepdims=True) + Y.mean()
+    se = math.sqrt(2 * (r ** 2).sum() / 4 / 3)
+    est = Y[1].mean() - Y[0].mean()
+    lo, hi = est - stats.t.ppf(0.975, 4) * se, est + stats.t.ppf(0.975, 4) * se
+    assert 2 * stats.t.sf(est / se, 4) < 0.05  # the primary is tested alone: better
+    assert (f"`dog on_ratio=0.5` is better than `dog on_ratio=0`: +{est:.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}]"
+            in md)
+    assert "pooled arm + seed model, n = 3 seeds" in md
+    # dog 1 vs dog 0 differ by 0.5 << margin 2: TOST p 0.016, Holm over two secondaries 0.031 -> equivalent
+    assert "`dog on_ratio=1` and `dog on_ratio=0` are equivalent within ±2 points" in md
+    # dog 0.5 vs kaiming: unadjusted p 0.047, Holm 0.094 -> not resolved, with the detectable difference
+    d = np.array(FINAL[("dog", 0.5)]) - np.array(FINAL[("kaiming", None)])
+    mdd = min_detectable_difference(d.std(ddof=1), 3)
+    assert f"`dog on_ratio=0.5` vs `kaiming`: not resolved at n = 3 (detectable at 80% power: {mdd:.2f} points)" in md
+    table = pd.read_csv(out / SWEEP / "declared.csv")
+    assert table["role"].tolist() == ["primary", "secondary", "secondary"]
+    assert table.loc[2, "p_adj"] == pytest.approx(min(1.0, 2 * table.loc[2, "p"]))
+    assert yaml.safe_load((out / SWEEP / "analysis.yaml").read_text())["margin"] == 2.0
+
+
+def test_declared_arm_that_matches_no_arm_is_one_line(store, tmp_path, capsys):
+    import yaml
+
+    bad = {**DECLARED, "primary": {"contrast": [{"init.scheme": "dog", "init.on_ratio": 0.3},
+                                                {"init.scheme": "dog", "init.on_ratio": 0.0}]}}
+    f = tmp_path / "analysis.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    assert main(["report", SWEEP, "--tracking-uri", store["uri"], "--out", str(tmp_path), "--analysis", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "analysis.primary contrast dog on_ratio=0.3: matches 0 arms" in err[0]
+
+
+# --------------------------------------------------------------------------- self-contained results
+
+
+def test_epochs_csv_holds_every_trials_per_epoch_metrics(report_dir):
+    e = pd.read_csv(report_dir / "epochs.csv")
+    assert list(e.columns[:4]) == ["run_id", "arm", "seed", "epoch"]
+    assert {"val_top1", "val_loss", "train_loss", "kernels/on_fraction"} <= set(e.columns)
+    assert len(e) == 15 * EPOCHS + 1  # 15 complete trials x 3 epochs + the ASHA-stopped trial's one epoch
+    k0 = e[(e["arm"] == "kaiming") & (e["seed"] == 0)].sort_values("epoch")
+    final = FINAL[("kaiming", None)][0]
+    assert k0["val_top1"].tolist() == [final - 5.0 * (EPOCHS - ep) for ep in range(1, EPOCHS + 1)]
+    assert k0["val_loss"].tolist() == pytest.approx([2.0 - 0.1 * ep for ep in range(1, EPOCHS + 1)])
+
+
+def test_report_rebuilt_from_the_csvs_alone_is_the_same(report_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "fake"
+    src.mkdir()
+    for name in ("trials.csv", "epochs.csv"):
+        shutil.copy(report_dir / name, src / name)
+    assert main(["report", "--from-csv", str(src)]) == 0  # no MLflow store anywhere
+    for name in ("arms.csv", "paired.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(src / name), pd.read_csv(report_dir / name))
+    for name in ("learning_curves.png", "cluster_fractions.png", "accuracy_vs_on_ratio.png", "forest.png"):
+        assert (src / name).stat().st_size > 0
+    assert pd.read_csv(src / "trials.csv").equals(pd.read_csv(report_dir / "trials.csv"))  # left as it was
+    md = (src / "report.md").read_text()
+    assert f"Rebuilt from the CSV files in `{src}` alone (`trials.csv`, `epochs.csv`)" in md
+    assert f"echos report --from-csv {src}" in md
+
+
+def test_from_csv_without_epochs_csv_says_so(report_dir, tmp_path):
+    import shutil
+
+    shutil.copy(report_dir / "trials.csv", tmp_path / "trials.csv")
+    assert main(["report", "--from-csv", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "There is no `epochs.csv` for this sweep" in md and not (tmp_path / "learning_curves.png").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["report", "--from-csv", "NOWHERE"], "--from-csv NOWHERE: no trials.csv there"),
+    (["report"], "SWEEP: give a sweep name or spec, or --from-csv DIR"),
+    (["report", "fake", "--from-csv", "x"], "exactly one"),
+])
+def test_from_csv_bad_input_is_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_report_of_a_tiny_real_sweep_with_a_declared_analysis(tmp_path):
+    """A real grid sweep (Ray, MLflow) whose spec declares its analysis: the report states the primary first,
+    worded by the rules, with its numbers from the trials; epochs.csv holds every epoch; --from-csv agrees."""
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dog, kaiming = {"init.scheme": "dog", "init.on_ratio": 0.5}, {"init.scheme": "kaiming"}
+    spec = {
+        "name": "tiny",
+        "base": {"model": {"name": "convmixer", "dim": 16, "depth": 2, "kernel_size": 5, "patch_size": 2},
+                 "data": {"name": "fake", "image_size": 16, "fake_size": 64, "fake_classes": 4},
+                 "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "device": "cpu", "warmup_epochs": 0}},
+        "space": {"init": {"type": "grid", "values": [kaiming, dog]}},
+        "search": "grid", "seeds": [0, 1, 2], "max_concurrent": 2, "resources": {"cpus": 1},
+        "mlflow": {"tracking_uri": uri}, "ray": {"storage_path": str(tmp_path / "ray"), "num_cpus": 2},
+        "analysis": {"primary": {"contrast": [dog, kaiming], "model": "paired"}, "margin": 5.0,
+                     "target_difference": 5.0, "pilot_sd": 3.0},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "echos_core", "sweep", str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "primary: dog on_ratio=0.5 - kaiming (paired t-test)" in proc.stdout and "power (paired sd 3" in proc.stdout
+    out = tmp_path / "results"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    d = out / "tiny"
+    md = (d / "report.md").read_text()
+    assert md.index("## Primary result") < md.index("## What was run")
+    t = pd.read_csv(d / "trials.csv")
+    a = t[t["init.scheme"] == "dog"].sort_values("seed")["final_val_top1"].to_numpy()  # the one DoG arm: "dog"
+    b = t[t["init.scheme"] == "kaiming"].sort_values("seed")["final_val_top1"].to_numpy()
+    diff = a - b
+    n, mean = 3, diff.mean()
+    sd = diff.std(ddof=1)
+    if sd > 0:
+        p = stats.ttest_rel(a, b).pvalue
+        se = sd / math.sqrt(n)
+        tost = max(stats.t.sf((mean + 5.0) / se, n - 1), stats.t.cdf((mean - 5.0) / se, n - 1))
+        verdict = ("better" if mean > 0 else "worse") if p < 0.05 else \
+            "equivalent within ±5 points" if tost < 0.05 else "not resolved at n = 3"
+        primary = md.split("## Primary result")[1].split("\n\n")[1]
+        assert verdict in primary and f"{mean:+.2f} points" in primary
+    e = pd.read_csv(d / "epochs.csv")
+    assert len(e) == 6 * 2 and set(e["epoch"]) == {1, 2} and "val_loss" in e.columns
+    assert main(["report", "--from-csv", str(d), "--out", str(tmp_path / "again")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "tiny" / "declared.csv"),
+                                  pd.read_csv(d / "declared.csv"))
+    # by name: the analysis comes from the spec the sweep logged with its MLflow parent run
+    assert main(["report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "by-name")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "by-name" / "tiny" / "declared.csv"),
+                                  pd.read_csv(d / "declared.csv"))
+
+
+def test_pilot_sd_read_from_an_earlier_sweep_in_mlflow(store, tmp_path, capsys):
+    """analysis.pilot_sd: {sweep: fake} -> sqrt(2) x the residual sd of fake's arm + seed model (complete trials)."""
+    import yaml
+
+    from echos_core.report.design import PooledModel
+
+    spec = yaml.safe_load((REPO / "sweeps" / "digits.yaml").read_text())
+    spec["analysis"]["pilot_sd"] = {"sweep": SWEEP, "tracking_uri": store["uri"]}
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    table = pd.DataFrame([{"arm": f"{s} {r}", "seed": seed, "y": v} for (s, r), vals in FINAL.items()
+                          for seed, v in enumerate(vals)])
+    sd = PooledModel(table).paired_sd
+    assert f"power (paired sd {sd:g} points from sweep '{SWEEP}' (15 complete trials" in out
+    assert f"{min_detectable_difference(sd, 4):.2f}" in out

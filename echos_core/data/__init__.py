@@ -12,6 +12,7 @@ The map:
 
 * :mod:`.embedded`   the default data set: patches of photographs shipped in scikit-image
 * :mod:`.sources`    readers for digits, CIFAR-10/100, ImageFolder and fake data
+* :mod:`.fashion_mnist` Fashion-MNIST from its idx files (Debian's package, a folder, or torchvision)
 * :mod:`.transforms` training / validation transforms and mixup, from timm
 * :mod:`.loader`     reproducible per-sample loaders
 * :mod:`.resident`   the resident path: whole splits on the device, batched augmentation
@@ -19,7 +20,7 @@ The map:
 Data sets are identical for every run seed: limits (``train_limit``) draw their
 subset with a fixed seed, so runs that differ only in ``seed`` or ``init`` see the
 same images.  Normalisation: the published CIFAR statistics, ImageNet's for
-ImageFolder, and for the in-memory sets (embedded, digits, fake) the per-channel
+ImageFolder, and for the in-memory sets (embedded, digits, fashion_mnist, fake) the per-channel
 mean and std of the full training split.
 """
 
@@ -35,6 +36,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .embedded import PHOTOS, load_embedded
+from .fashion_mnist import load_fashion_mnist
 from .loader import epoch_seed, make_loader
 from .sources import ArrayDataset, DataNotFound, imagefolder_dirs, load_cifar, load_digits, load_fake
 from .transforms import SMALL_MAX, imagefolder_transforms, mixup_fn, train_transform, val_transform
@@ -128,6 +130,11 @@ def _in_memory(cfg, root: Path) -> tuple[ArrayDataset, ArrayDataset, str, Option
         (xtr, ytr), (xva, yva), classes = load_digits()
         train, val = ArrayDataset(xtr, ytr, classes=classes), ArrayDataset(xva, yva, classes=classes)
         what = "scikit-learn handwritten digits (8x8 grey, upsampled; stratified 80/20 split)"
+    elif d.name == "fashion_mnist":
+        root_set = Path(d.root).expanduser() if d.root else None
+        (xtr, ytr), (xva, yva), classes = load_fashion_mnist(root_set, root, d.download)
+        train, val = ArrayDataset(xtr, ytr, classes=classes), ArrayDataset(xva, yva, classes=classes)
+        what = "Fashion-MNIST (28x28 grey product photographs; official 60k train / 10k test split as validation)"
     elif d.name == "fake":
         (xtr, ytr), (xva, yva), classes = load_fake(d.fake_size, d.fake_classes, d.image_size)
         train, val = ArrayDataset(xtr, ytr, classes=classes), ArrayDataset(xva, yva, classes=classes)

@@ -5,8 +5,13 @@
 * :mod:`.stats`: plain functions of that table: arms, :func:`arm_summary` (n, mean, sd, 95% CI),
   :func:`paired_differences` against a baseline matched by seed, :func:`on_ratio_contrasts`,
   :func:`on_ratio_trend`, :func:`holm`;
-* :mod:`.plots`: the figures; :mod:`.markdown`: ``report.md`` with its conclusion rules;
-* :mod:`.result`: every number of a report (:class:`Report`); :mod:`.build`: everything written to one folder; :mod:`.cli`: ``echos report SWEEP``.
+* :mod:`.design`: power (minimum detectable difference, seeds needed), TOST, the pooled arm + seed model
+  and its trend (statsmodels);
+* :mod:`.declared`: the spec's declared ``analysis:`` estimated and worded by rule (primary first, Holm);
+* :mod:`.plots`: the figures (forest plot included); :mod:`.markdown`: ``report.md`` with its conclusion rules;
+* :mod:`.csv_source`: ``epochs.csv`` and reading a report's CSVs back (``echos report --from-csv``);
+* :mod:`.result`: every number of a report (:class:`Report`); :mod:`.build`: everything written to one folder;
+  :mod:`.cli`: ``echos report SWEEP``.
 """
 
 import lazy_loader  # pandas and SciPy load when a report is built, not with the command line

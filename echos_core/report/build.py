@@ -6,16 +6,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
-from .result import Report, analyse
+from .csv_source import write_epochs_csv
 from .load import SweepRuns
 from .markdown import render_report
-from .plots import has_cluster_fractions, plot_cluster_fractions, plot_learning_curves, plot_metric_vs
+from .plots import (has_cluster_fractions, plot_cluster_fractions, plot_forest, plot_learning_curves,
+                    plot_metric_vs)
+from .result import Report, analyse
 
-__all__ = ["build_report"]
+if TYPE_CHECKING:
+    from ..sweep.analysis_spec import AnalysisSpec
+
+__all__ = ["build_report", "forest_rows"]
 
 # Figures drawn when their key varies among the DoG arms, file name -> config keys on the x axis.
 _VS_FIGURES = {
@@ -27,21 +33,34 @@ _VS_FIGURES = {
 
 def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Optional[Sequence[str]] = None,
                  reference_on_ratio: float = 0.5, command: Optional[str] = None,
-                 rerun_command: Optional[str] = None) -> Report:
-    """Write ``trials.csv``, ``arms.csv``, ``paired.csv``, the figures and ``report.md`` into ``out_dir``."""
+                 rerun_command: Optional[str] = None, analysis: Optional["AnalysisSpec"] = None) -> Report:
+    """Write ``trials.csv``, ``epochs.csv``, ``arms.csv``, ``paired.csv``, the figures and ``report.md`` into
+    ``out_dir`` (the first two not when rebuilding in the folder they were read from); with a
+    declared ``analysis`` also ``analysis.yaml`` (the section itself) and ``declared.csv`` (its results)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rep = analyse(runs, baselines, reference_on_ratio)
+    rep = analyse(runs, baselines, reference_on_ratio, analysis)
     metric = runs.metric
     files = []
 
-    trials_csv = rep.trials.drop(columns=["start_time"]).copy()
-    trials_csv.insert(1, "arm", trials_csv.pop("arm"))
-    trials_csv.to_csv(out / "trials.csv", index=False)
+    source = Path(runs.from_csv).resolve() if runs.from_csv else None
+    if source != out.resolve():  # never rewrite the CSVs a report is rebuilt from
+        trials_csv = rep.trials.drop(columns=["start_time"], errors="ignore").copy()
+        trials_csv.insert(1, "arm", trials_csv.pop("arm"))
+        trials_csv.to_csv(out / "trials.csv", index=False)
+        files.append(out / "trials.csv")
+        if not runs.curves.empty:
+            files.append(write_epochs_csv(rep.trials, runs.curves, out / "epochs.csv"))
     rep.arms.to_csv(out / "arms.csv", index=False)
     pd.concat([rep.paired.assign(kind="vs baseline"), rep.contrasts.assign(kind=f"vs on_ratio={reference_on_ratio:g}")],
               ignore_index=True).to_csv(out / "paired.csv", index=False)
-    files += [out / "trials.csv", out / "arms.csv", out / "paired.csv"]
+    files += [out / "arms.csv", out / "paired.csv"]
+    if rep.declared is not None:
+        import yaml
+
+        (out / "analysis.yaml").write_text(yaml.safe_dump(rep.declared.spec.to_dict(), sort_keys=False))
+        rep.declared.table().to_csv(out / "declared.csv", index=False)
+        files += [out / "analysis.yaml", out / "declared.csv"]
 
     keys = rep.trials.attrs.get("arm_keys", [])
     figures: dict[str, Path] = {}
@@ -53,7 +72,12 @@ def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Optional[Se
         if varying:
             xlim = (-0.05, 1.05) if varying == ["init.on_ratio"] else None  # the whole range, all-Off to all-On
             figures[name] = plot_metric_vs(rep.trials, varying, out / name, metric, xlim=xlim)
-    figures["learning_curves.png"] = plot_learning_curves(rep.trials, runs.curves, out / "learning_curves.png", metric)
+    forest, margin = forest_rows(rep)
+    if not forest.empty:
+        figures["forest.png"] = plot_forest(forest, out / "forest.png", metric, margin)
+    if not runs.curves.empty:  # a report rebuilt from a trials.csv without its epochs.csv has no curves
+        figures["learning_curves.png"] = plot_learning_curves(rep.trials, runs.curves, out / "learning_curves.png",
+                                                              metric)
     if has_cluster_fractions(runs.curves):
         figures["cluster_fractions.png"] = plot_cluster_fractions(rep.trials, runs.curves,
                                                                   out / "cluster_fractions.png", metric)
@@ -64,3 +88,21 @@ def build_report(runs: SweepRuns, out_dir: str | Path, *, baselines: Optional[Se
     files.append(out / "report.md")
     rep.files = files
     return rep
+
+
+def forest_rows(rep: Report) -> tuple[pd.DataFrame, Optional[float]]:
+    """The comparisons of the forest plot and its equivalence margin: the declared analysis (primary first) when
+    there is one, else every exploratory paired comparison (no margin: none was declared)."""
+    cols = ["label", "estimate", "ci_low", "ci_high", "primary"]
+    if rep.declared is not None:
+        rows = [{"label": (f"{r.arm} − {r.versus}" if not r.comparison.is_trend else f"trend: change over {r.versus}")
+                 + ("" if r.role == "primary" else " (secondary)"),
+                 "estimate": r.estimate, "ci_low": r.ci_low, "ci_high": r.ci_high, "primary": r.role == "primary"}
+                for r in rep.declared.results if np.isfinite(r.ci_low)]
+        return pd.DataFrame(rows, columns=cols), rep.declared.spec.margin
+    both = pd.concat([t for t in (rep.paired, rep.contrasts) if not t.empty], ignore_index=True) \
+        if not (rep.paired.empty and rep.contrasts.empty) else pd.DataFrame(columns=["arm", "baseline", "mean_diff",
+                                                                                    "ci_low", "ci_high"])
+    rows = [{"label": f"{r.arm} − {r.baseline}", "estimate": r.mean_diff, "ci_low": r.ci_low, "ci_high": r.ci_high,
+             "primary": False} for _, r in both.iterrows() if np.isfinite(float(r.ci_low))]
+    return pd.DataFrame(rows, columns=cols), None

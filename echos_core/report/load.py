@@ -30,7 +30,8 @@ from ..tracking import (ROLE_SWEEP, TAG_ASHA_STOPPED, TAG_ROLE, TAG_SEED, TAG_ST
 
 __all__ = ["ReportError", "SweepRuns", "load_sweep", "parse_param", "CURVE_KEYS", "TRIAL_COLUMNS"]
 
-# Per-epoch curves fetched for every trial (besides the analysed metric), when the trial logged them.
+# Per-epoch curves the figures draw (besides the analysed metric); every other logged metric's history is read too,
+# for epochs.csv.
 CURVE_KEYS = ("val_top1", "kernels/on_fraction", "kernels/off_fraction", "kernels/other_fraction")
 # Tags copied into the trials table (column name = tag without the ``echos.`` prefix).
 _TAG_COLUMNS = ("git_revision", "node_host", "hostname", "device_name", "cuda_available", "cpu_count",
@@ -58,6 +59,7 @@ class SweepRuns:
     curves: pd.DataFrame  # long form: run_id, key, epoch, value
     param_keys: list[str]  # the dotted config keys (columns of ``trials``)
     parents: list[dict[str, Any]] = field(default_factory=list)  # parent runs: run_id, sweep_id, params, tags
+    from_csv: Optional[str] = None  # the results folder the trials were read back from (no MLflow store)
 
 
 def parse_param(s: Optional[str]) -> Any:
@@ -174,7 +176,7 @@ def load_sweep(tracking_uri: str, sweep: str, experiment: Optional[str] = None, 
 def _trial_row(client, run, metric: str) -> tuple[dict, list[tuple]]:
     tags, params, latest = run.data.tags, run.data.params, run.data.metrics
     hist: dict[str, list] = {}
-    for key in dict.fromkeys((metric, *CURVE_KEYS)):
+    for key in dict.fromkeys((metric, *CURVE_KEYS, *sorted(k for k in latest if k != "epoch"))):
         if key in latest:
             points = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
                                                       key=lambda m: (m.step, m.timestamp))}

@@ -2,11 +2,12 @@
 
 The rules (also printed in the report):
 
-* a difference is claimed only when the 95% t-interval of the seed-paired difference excludes 0;
-  otherwise the report says "no detectable difference at n=<pairs>";
-* fewer than 2 pairs: no interval, no claim;
-* every claim is given with its Holm-adjusted p-value over all paired comparisons of the report,
-  and says whether it survives that correction;
+* when the spec declares an ``analysis:`` section, its primary result comes first and its secondaries
+  are Holm-adjusted (:mod:`.declared`); every other table is exploratory;
+* a paired difference is called higher / lower only when its Holm-adjusted p (one family: every
+  paired comparison of the report) is below 0.05; otherwise "not resolved at n=<pairs>", with the
+  difference the pairs could have detected at 80% power.  Non-significance is never "no effect";
+* fewer than 2 pairs: no claim; means are never ranked;
 * only complete trials count; ASHA-stopped trials are counted in the tables, never in a claim.
 """
 
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import pandas as pd
 
+from .declared import render_declared
+from .design import min_detectable_difference
 from .stats import CONFIDENCE, _fmt, _is_number, _sort_value, lower_is_better
 
 if TYPE_CHECKING:
@@ -57,14 +60,15 @@ def verdict(row: pd.Series | dict, metric: str = "val_top1") -> tuple[str, bool]
     n = int(row["n_pairs"])
     if n < 2:
         return f"too few pairs (n={n}): no claim", False
-    lo, hi, mean = row["ci_low"], row["ci_high"], row["mean_diff"]
+    lo, mean, p_holm = row["ci_low"], row["mean_diff"], row.get("p_holm", math.nan)
     if isinstance(lo, float) and math.isnan(lo):
         return f"no interval (n={n}): no claim", False
-    if lo > 0 or hi < 0:
+    if isinstance(p_holm, float) and p_holm < _ALPHA:
         higher = mean > 0
         better = higher != lower_is_better(metric)
         return f"{'higher' if higher else 'lower'} ({'better' if better else 'worse'})", True
-    return f"no detectable difference at n={n}", False
+    mdd = min_detectable_difference(float(row["sd_diff"]), n)
+    return f"not resolved at n={n} (detectable: {mdd:.2f})", False
 
 
 def _values(trials: pd.DataFrame, key: str, scheme: Optional[str] = None) -> str:
@@ -123,7 +127,14 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     # ---------------------------------------------------------------- header
     w(f"# Sweep report: `{runs.sweep}`")
     w("")
-    w(f"Experiment `{runs.experiment}` in `{runs.tracking_uri}`; sweep invocation"
+    if runs.from_csv:
+        has_epochs = not runs.curves.empty
+        w(f"Rebuilt from the CSV files in `{runs.from_csv}` alone (`trials.csv`"
+          + (", `epochs.csv`" if has_epochs else "") + "), without the MLflow store."
+          + ("" if has_epochs else " There is no `epochs.csv` for this sweep (its per-epoch metrics were not "
+                                   "saved beside it and its MLflow store is not kept): no learning-curve or "
+                                   "kernel-fraction figure can be drawn."))
+    w((f"Experiment `{runs.experiment}` in `{runs.tracking_uri}`; s" if not runs.from_csv else "S") + "weep invocation"
       f"{'s' if len(runs.sweep_ids) > 1 else ''} {', '.join(f'`{s}`' for s in runs.sweep_ids) or '(untagged)'}"
       + (f" (of {len(runs.all_sweep_ids)} in this experiment: {', '.join(f'`{s}`' for s in runs.all_sweep_ids)})"
          if len(runs.all_sweep_ids) > 1 else "") + ".")
@@ -137,6 +148,11 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
           + (" (the spec as run is an artifact of the sweep's parent run"
              f" `{runs.parents[0]['run_id']}`)" if runs.parents else ""))
     w("")
+    if rep.declared is not None:
+        L += render_declared(rep.declared, metric)
+    else:
+        w("No analysis was declared in the spec (no `analysis:` section): every comparison below is exploratory.")
+        w("")
 
     # ---------------------------------------------------------------- what was run
     n = len(trials)
@@ -197,7 +213,7 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
 
     # ---------------------------------------------------------------- paired vs baselines
     family = rep.n_comparisons
-    w("## Paired differences against the baselines")
+    w("## Paired differences against the baselines" + (" (exploratory)" if rep.declared is not None else ""))
     w("")
     w(f"d = arm − baseline per seed (same seed: same data subset and order; only the depthwise init differs), "
       f"over the seeds both completed, baseline run with the same non-init config. Mean, sd and {CONFIDENCE:.0%} "
@@ -218,7 +234,7 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
 
     # ---------------------------------------------------------------- on_ratio
     ref = rep.reference_on_ratio
-    w("## The On/Off balance (`init.on_ratio`)")
+    w("## The On/Off balance (`init.on_ratio`)" + (" (exploratory)" if rep.declared is not None else ""))
     w("")
     if not rep.contrasts.empty:
         w(f"Each DoG arm against the DoG arm that differs only in on_ratio = {ref:g} (the paper's 50/50), "
@@ -233,16 +249,16 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     if not rep.trend.empty:
         w("Regression of the final value on on_ratio over the complete DoG trials (each trial one point; seed effects "
           "left in the residual, so these intervals are conservative). Slope = change from all-Off (0) to all-On (1); "
-          "curvature = the x² coefficient of a quadratic fit; optimum = its vertex when it is an interior optimum.")
+          "curvature = the x² coefficient of a quadratic fit. Both describe the on_ratio values run: no optimum "
+          "between or beyond them is read off the fit.")
         w("")
         rows = []
         for _, r in rep.trend.iterrows():
             rows.append([r.context, r.n, r.n_ratios, _num(r.slope, d), _ci(r.slope_ci_low, r.slope_ci_high, d),
                          _p(r.slope_p), _num(r.r2, 3), _num(r.curvature, d),
-                         _ci(r.curvature_ci_low, r.curvature_ci_high, d), _p(r.curvature_p), _num(r.optimum, 2)])
+                         _ci(r.curvature_ci_low, r.curvature_ci_high, d), _p(r.curvature_p)])
             trend_lines.append(_trend_sentence(r, metric, d, unit))
-        L += _table(["context", "trials", "ratios", "slope", "95% CI", "p", "R²", "curvature", "95% CI", "p",
-                     "vertex (point est.)"], rows)
+        L += _table(["context", "trials", "ratios", "slope", "95% CI", "p", "R²", "curvature", "95% CI", "p"], rows)
         w("")
     elif has_dog:
         w("No trend test: fewer than 2 on_ratio values (or 3 complete DoG trials) per context.")
@@ -251,11 +267,8 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     # ---------------------------------------------------------------- conclusion
     w("## Conclusion")
     w("")
-    ranked = rep.arms[rep.arms["n"] > 0].sort_values("mean", ascending=lower_is_better(metric))
-    if len(ranked) > 1:
-        top = ranked.iloc[0]
-        w(f"- Descriptively, the best mean final `{metric}` is `{top.arm}` ({top['mean']:.{d}f}, n={top.n}); "
-          "a ranking of means is not a claim: the claims are the paired comparisons below.")
+    if rep.declared is not None:
+        w(f"- The primary result (first section): {rep.declared.primary.verdict}. The lines below are exploratory.")
     if n_complete == 0:
         w("- No trial completed: there is no final value to compare. Nothing can be concluded.")
     for c in claims:
@@ -264,11 +277,9 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
         w(f"- {'; '.join(nulls)}.")
     for t in trend_lines:
         w(f"- {t}")
-    if claims and family > 1:
-        surviving = sum(" survives Holm" in c for c in claims)
-        w(f"- Multiple comparisons: {family} paired comparisons were made; {surviving} of the {len(claims)} "
-          f"difference{'s' if len(claims) != 1 else ''} claimed above survive{'s' if surviving == 1 else ''} Holm "
-          f"correction at {_ALPHA:g}. The others may be chance findings of the family.")
+    if family > 1:
+        w(f"- Multiple comparisons: {family} paired comparisons were made; a difference is claimed above only when "
+          f"its Holm-adjusted p is below {_ALPHA:g} ({len(claims)} of {family}).")
     small = rep.arms[(rep.arms["n"] > 0) & (rep.arms["n"] < 3)]
     if not small.empty:
         w(f"- {len(small)} arm{'s have' if len(small) != 1 else ' has'} fewer than 3 complete seeds: intervals are "
@@ -283,9 +294,12 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     # ---------------------------------------------------------------- rules, figures, files
     w("## Rules used")
     w("")
-    w(f"- A difference is claimed only when the {CONFIDENCE:.0%} CI of the seed-paired difference excludes 0; "
-      "otherwise: \"no detectable difference at n=…\". Fewer than 2 pairs: no claim.")
-    w("- Claims carry Holm-adjusted p-values (one family: every paired comparison in this report).")
+    w(f"- A paired difference is claimed (higher / lower) only when its Holm-adjusted p is below {_ALPHA:g} (one "
+      "family: every paired comparison in these exploratory tables); otherwise \"not resolved at n=…\" with the "
+      "difference detectable at 80% power. Not resolved is not \"no difference\" and never \"at least as good\". "
+      "Fewer than 2 pairs: no claim. Means are not ranked.")
+    w("- A declared `analysis:` (first section) has its own rules, stated there: primary unadjusted, secondaries "
+      "Holm-adjusted, equivalence only by TOST within the declared margin.")
     w("- Only complete trials give final values; ASHA-stopped, failed and unfinished trials are counted, not used. "
       "One trial per (arm, seed): a repeated seed re-runs the same init and data order and is no new evidence.")
     w("- Arm = config minus seed, over the keys that vary; init keys a scheme does not read (e.g. on_ratio for "
@@ -300,7 +314,12 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     w("## Files")
     w("")
     w("- `trials.csv`: one row per trial (run id, arm, seed, status, ASHA flag, epochs, final and best metrics, "
-      "tags, every config key)")
+      "tags, every config key)" + ("" if runs.curves.empty else "; `epochs.csv`: every trial's metrics per epoch "
+                                   "(run id, arm, seed, epoch, one column per metric)"))
+    if rep.declared is not None:
+        w("- `analysis.yaml`: the declared analysis; `declared.csv`: its results (estimate, 95% CI, p, Holm p, "
+          "TOST p, detectable difference, verdict)")
+    w(f"- Rebuild every table and figure from these CSVs alone: `echos report --from-csv {runs.from_csv or '<this folder>'}`")
     w("- `arms.csv`: the per-arm table; `paired.csv`: every paired comparison (with Holm p)")
     w("")
     return "\n".join(L)
@@ -309,12 +328,10 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
 def _sentence(r: pd.Series, text: str, claimed: bool, claims: list[str], nulls: list[str], d: int, unit: str) -> None:
     ci = _ci(r.ci_low, r.ci_high, d)
     if claimed:
-        holm_ok = not math.isnan(r.p_holm) and r.p_holm < _ALPHA
         claims.append(f"`{r.arm}` is {text} than `{r.baseline}` by {abs(r.mean_diff):.{d}f}{unit} "
-                      f"(95% CI of the difference {ci}, n={r.n_pairs} pairs, p={_p(r.p)}, Holm p={_p(r.p_holm)}: "
-                      f"{'survives Holm' if holm_ok else 'does not survive Holm'}).")
+                      f"(95% CI of the difference {ci}, n={r.n_pairs} pairs, p={_p(r.p)}, Holm p={_p(r.p_holm)}).")
     elif int(r.n_pairs) >= 2:
-        nulls.append(f"`{r.arm}` vs `{r.baseline}`: no detectable difference at n={r.n_pairs} (95% CI {ci})")
+        nulls.append(f"`{r.arm}` vs `{r.baseline}`: {text} (95% CI {ci}, Holm p={_p(r.p_holm)})")
     else:
         nulls.append(f"`{r.arm}` vs `{r.baseline}`: {text}")
 
@@ -323,20 +340,18 @@ def _trend_sentence(r: pd.Series, metric: str, d: int, unit: str) -> str:
     ctx = "" if r.context == "all" else f" ({r.context})"
     ci = _ci(r.slope_ci_low, r.slope_ci_high, d)
     if r.slope_ci_low > 0 or r.slope_ci_high < 0:
-        s = (f"Linear trend across on_ratio{ctx}: final {metric} {'rises' if r.slope > 0 else 'falls'} by "
-             f"{abs(r.slope):.{d}f}{unit} from all-Off to all-On (95% CI {ci}, n={r.n}).")
+        s = (f"Exploratory, unadjusted: the linear fit across on_ratio{ctx} of final {metric} "
+             f"{'rises' if r.slope > 0 else 'falls'} by {abs(r.slope):.{d}f}{unit} per unit of on_ratio over the values run (95% CI {ci}, n={r.n} trials).")
     else:
-        s = f"No detectable linear trend across on_ratio{ctx} at n={r.n} (slope 95% CI {ci})."
+        s = (f"Exploratory, unadjusted: the linear trend across on_ratio{ctx} is not resolved at n={r.n} "
+             f"(slope 95% CI {ci}).")
     if isinstance(r.curvature, float) and not math.isnan(r.curvature):
         cci = _ci(r.curvature_ci_low, r.curvature_ci_high, d)
         if r.curvature_ci_low > 0 or r.curvature_ci_high < 0:
-            if not math.isnan(r.optimum):
-                s += (f" The quadratic fit has an interior optimum near on_ratio ≈ {r.optimum:.2f} (curvature 95% CI "
-                      f"{cci}); a point estimate: whether it differs from 0.5 is judged by the paired contrasts above.")
-            else:
-                s += f" Curvature is detectable (95% CI {cci}) but gives no interior optimum in the range run."
+            s += (f" The quadratic fit is {'concave' if r.curvature < 0 else 'convex'} over the values run "
+                  f"(curvature 95% CI {cci}); where an optimum lies is not read off it: only the arms run are compared.")
         else:
-            s += f" No detectable curvature (95% CI {cci}): no evidence for an interior optimum."
+            s += f" Curvature not resolved (95% CI {cci})."
     return s
 
 

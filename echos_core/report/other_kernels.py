@@ -107,13 +107,15 @@ def analyse_trials(sweep_dir: str | Path, noise_kernels: int = 4096) -> tuple[li
                          "shape": shapes.family[i], "shape_r2": float(shapes.r2[i]),
                          "moved": float(moved[i]), "cos_to_init": float(cos[i])})
         if np.any(labels == "other"):
-            examples[trial] = torch.from_numpy(w[labels == "other"]).float()
+            examples[trial] = {"kernels": torch.from_numpy(w[labels == "other"]).float(), "trial": trial,
+                               "seed": cfg.seed, "layers": sorted(set(layer[labels == "other"].tolist())),
+                               "n_layer_kernels": len(w)}
     arm_of = _arm_labels(configs)
     for row in rows:
         row["arm"] = arm_of[row["trial"]]
     firsts: dict = {}
-    for trial, kernels in examples.items():  # one example trial per arm, the first one
-        firsts.setdefault(arm_of[trial], kernels)
+    for trial, example in examples.items():  # one example trial per arm, the first one
+        firsts.setdefault(arm_of[trial], example)
     examples = firsts
     # the chance level of the shape fit: i.i.d. Gaussian kernels of the same size
     noise = np.random.default_rng(0).standard_normal((noise_kernels, k, k))
@@ -163,9 +165,12 @@ def write_other_kernels(sweep_dir: str | Path, out: str | Path) -> Path:
         wr = csv.DictWriter(f, fieldnames=list(summary[0]))
         wr.writeheader()
         wr.writerows(summary)
-    for arm, kernels in extra["examples"].items():
+    for arm, ex in extra["examples"].items():
         name = arm.replace(" ", "_").replace("=", "")
-        kernel_mosaic(kernels[:64], out / f"other_{name}.png", title=f"'other' kernels after training: {arm}")
+        layers = ", ".join(ex["layers"])
+        kernel_mosaic(ex["kernels"], out / f"other_{name}.png", max_kernels=64,
+                      title=f"'other' kernels after training: {arm}, trial {ex['trial']} (seed {ex['seed']}) only;\n"
+                            f"{len(ex['kernels'])} of its {ex['n_layer_kernels']} depthwise kernels, layers {layers}")
     chance_shape = float(np.mean(extra["noise_shape_r2"]))
     chance_dog = float(np.mean(extra["noise_dog_r2"]))
     seeds = sorted({r["seed"] for r in rows})

@@ -2,12 +2,17 @@
 
 * :func:`plot_metric_vs`: the final value against one config key (on_ratio, gamma, kernel size):
   every seed a jittered point, per value the mean and its 95% t-interval; arms without that key
-  (the baselines, for on_ratio and gamma) are horizontal bands, mean +- 95% CI;
-* :func:`plot_learning_curves`: the metric per epoch, mean +- sd over seeds per arm (complete
-  trials), ASHA-stopped trials as thin dotted lines;
-* :func:`plot_cluster_fractions`: On / Off / other fractions of the depthwise kernels per epoch.
+  (the baselines, for on_ratio and gamma) get their own place right of the axis' values, with every
+  seed drawn, and a dashed line (mean) over a band (95% CI) across the plot;
+* :func:`plot_learning_curves`: the metric per epoch, every complete trial a thin line (one per seed)
+  and the mean over seeds a thick one, per arm; ASHA-stopped trials as thin dotted lines;
+* :func:`plot_cluster_fractions`: On / Off / other fractions of the depthwise kernels per epoch;
+* :func:`plot_forest`: a forest plot of differences with their 95% intervals, the primary comparison
+  highlighted and the equivalence margin drawn.
 
-Only complete trials (:func:`echos_core.report.stats.final_values`) give final values.
+Each ``plot_*`` saves the figure its ``figure_*`` twin builds (tests read the artists of the latter).
+Legends sit outside the axes, never over the data.  Only complete trials
+(:func:`echos_core.report.stats.final_values`) give final values.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import pandas as pd
 
 from .stats import _fmt, _is_number, _masked, _sort_value, arm_keys, arm_order, assign_arms, final_values, t_interval
 
-__all__ = ["plot_metric_vs", "plot_learning_curves", "plot_cluster_fractions", "has_cluster_fractions", "metric_label"]
+__all__ = ["plot_metric_vs", "plot_learning_curves", "plot_cluster_fractions", "plot_forest", "figure_metric_vs",
+           "figure_learning_curves", "figure_cluster_fractions", "figure_forest", "has_cluster_fractions",
+           "metric_label"]
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
             "#7f7f7f"]
@@ -47,6 +54,12 @@ def metric_label(metric: str) -> str:
     return f"{metric} (%)" if metric.startswith("val_top") else metric
 
 
+def _legend_outside(ax) -> None:
+    """The legend right of the axes (constrained layout makes room), never over the data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -56,6 +69,12 @@ def _save(fig, path: Path) -> Path:
 def plot_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], path: str | Path, metric: str = "val_top1",
                    title: str | None = None, xlim: tuple[float, float] | None = None) -> Path:
     """Final ``metric`` against the config key(s) ``x_keys`` (several keys: one categorical axis of their tuples)."""
+    return _save(figure_metric_vs(trials, x_keys, metric, title, xlim), Path(path))
+
+
+def figure_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], metric: str = "val_top1",
+                     title: str | None = None, xlim: tuple[float, float] | None = None):
+    """The figure of :func:`plot_metric_vs`."""
     trials = trials if "arm" in trials.columns else assign_arms(trials)
     keys = trials.attrs.get("arm_keys") or arm_keys(trials)
     series_of = assign_arms(trials, [k for k in keys if k not in x_keys])["arm"]
@@ -70,7 +89,7 @@ def plot_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], path: str | Path
     jitter = 0.008 * span if numeric else 0.04
     rng = np.random.default_rng(0)
 
-    fig, (ax,) = _figure(7.5, 4.6)
+    fig, (ax,) = _figure(9.5, 4.6)
     all_series = list(dict.fromkeys(series_of[with_x]))
     dodge = (0.025 * span if numeric else 0.12) if len(all_series) > 1 else 0.0  # series side by side
     colour_i = 0
@@ -95,6 +114,10 @@ def plot_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], path: str | Path
                 ax.plot([x0], [mean], "o", color=c, ms=5, mfc="white")
         if means:
             ax.plot(*zip(*means), "-", color=c, lw=1.2, label=f"{series}: mean ± 95% CI")
+    # arms without the x key (baselines): their own place right of the x values, every seed drawn
+    right = max(pos.values()) if pos else 0.0
+    step = (0.2 * span) if numeric else 1.0
+    extra_ticks: list[tuple[float, str]] = []
     for arm in arm_order(trials):
         idx = [i for i in trials.index if trials.at[i, "arm"] == arm]
         if any(i in with_x for i in idx):
@@ -104,23 +127,30 @@ def plot_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], path: str | Path
             continue
         c = _colour(colour_i)
         colour_i += 1
+        x0 = right + step * (len(extra_ticks) + 1)
+        extra_ticks.append((x0, arm))
         n, mean, _, lo, hi = t_interval(vals)
         if n >= 2:
-            ax.axhspan(lo, hi, color=c, alpha=0.15, lw=0)
-        ax.axhline(mean, color=c, ls="--", lw=1.2, label=f"{arm}: mean{' ± 95% CI' if n >= 2 else ''} (n={n})")
-    if not numeric or (len(levels) <= 12 and xlim is None):
-        ax.set_xticks([pos[lv] for lv in levels], [", ".join(_fmt(v) for v in lv) for lv in levels])
+            ax.axhspan(lo, hi, color=c, alpha=0.12, lw=0)
+        ax.axhline(mean, color=c, ls="--", lw=1.0, label=f"{arm}: mean{' ± 95% CI' if n >= 2 else ''} (n={n})")
+        ax.scatter(x0 + rng.uniform(-jitter, jitter, len(vals)), vals, s=14, color=c, alpha=0.6, linewidths=0)
+        if n >= 2:
+            ax.errorbar([x0], [mean], yerr=[[mean - lo], [hi - mean]], fmt="s", color=c, capsize=4, ms=5)
+    ticks = [(pos[lv], ", ".join(_fmt(v) for v in lv)) for lv in levels]
+    if numeric and (len(levels) > 12 or (xlim is not None and not extra_ticks)):
+        ticks = []  # matplotlib's own numeric ticks
+    if ticks or extra_ticks:
+        ax.set_xticks([t for t, _ in ticks + extra_ticks], [lab for _, lab in ticks + extra_ticks])
     if xlim is not None:
-        ax.set_xlim(*xlim)
-    elif len(levels) == 1:
+        ax.set_xlim(xlim[0], max(xlim[1], extra_ticks[-1][0] + step / 2) if extra_ticks else xlim[1])
+    elif len(levels) == 1 and not extra_ticks:
         ax.set_xlim(min(pos.values()) - 0.5, max(pos.values()) + 0.5)
     ax.set_xlabel(" / ".join(x_keys))
     ax.set_ylabel(f"final {metric_label(metric)}")
     ax.set_title(title or f"final {metric} vs {' / '.join(x_keys)} (complete trials; points = seeds)", fontsize=10)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    return _save(fig, Path(path))
+    _legend_outside(ax)
+    return fig
 
 
 def _curve_matrix(curves: pd.DataFrame, run_ids: Sequence[str], key: str) -> pd.DataFrame:
@@ -130,18 +160,22 @@ def _curve_matrix(curves: pd.DataFrame, run_ids: Sequence[str], key: str) -> pd.
 
 def plot_learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, path: str | Path,
                          metric: str = "val_top1") -> Path:
-    """``metric`` per epoch: mean +- sd over the complete trials of each arm; ASHA-stopped trials dotted."""
+    """``metric`` per epoch: every complete trial (seed) a thin line, the mean over seeds thick; ASHA-stopped dotted."""
+    return _save(figure_learning_curves(trials, curves, metric), Path(path))
+
+
+def figure_learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, metric: str = "val_top1"):
+    """The figure of :func:`plot_learning_curves`."""
     trials = trials if "arm" in trials.columns else assign_arms(trials)
     used = final_values(trials, metric)
-    fig, (ax,) = _figure(7.5, 4.6, integer_x=True)
+    fig, (ax,) = _figure(9.5, 4.6, integer_x=True)
     for i, arm in enumerate(arm_order(trials)):
         c = _colour(i)
         m = _curve_matrix(curves, used.loc[used["arm"] == arm, "run_id"], metric)
         if not m.empty:
-            mean, sd = m.mean(axis=1), m.std(axis=1, ddof=1)
-            ax.plot(m.index, mean, "-", color=c, lw=1.5, label=f"{arm} (n={m.shape[1]})")
-            if m.shape[1] >= 2:
-                ax.fill_between(m.index, mean - sd, mean + sd, color=c, alpha=0.15, lw=0)
+            for run in m.columns:  # every seed
+                ax.plot(m.index, m[run], "-", color=c, lw=0.7, alpha=0.35)
+            ax.plot(m.index, m.mean(axis=1), "-", color=c, lw=2.0, label=f"{arm}: mean of {m.shape[1]} seeds (thin: each)")
         stopped = trials[(trials["arm"] == arm) & trials["asha_stopped"].astype(bool)]
         s = _curve_matrix(curves, stopped["run_id"], metric)
         for j, run in enumerate(s.columns):
@@ -149,11 +183,10 @@ def plot_learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, path: str |
                     label=f"{arm}: stopped by ASHA" if j == 0 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric_label(metric))
-    ax.set_title(f"{metric} per epoch: mean ± sd over seeds (complete trials)", fontsize=10)
+    ax.set_title(f"{metric} per epoch: every seed (thin) and the mean over seeds (thick), complete trials", fontsize=10)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    return _save(fig, Path(path))
+    _legend_outside(ax)
+    return fig
 
 
 def has_cluster_fractions(curves: pd.DataFrame) -> bool:
@@ -163,11 +196,16 @@ def has_cluster_fractions(curves: pd.DataFrame) -> bool:
 def plot_cluster_fractions(trials: pd.DataFrame, curves: pd.DataFrame, path: str | Path,
                            metric: str = "val_top1") -> Path:
     """Fractions of depthwise kernels labelled On / Off / other per epoch: mean over the complete trials of each arm."""
+    return _save(figure_cluster_fractions(trials, curves, metric), Path(path))
+
+
+def figure_cluster_fractions(trials: pd.DataFrame, curves: pd.DataFrame, metric: str = "val_top1"):
+    """The figure of :func:`plot_cluster_fractions`."""
     trials = trials if "arm" in trials.columns else assign_arms(trials)
     used = final_values(trials, metric)
     if used.empty:  # nothing complete: draw what ran
         used = trials
-    fig, axes = _figure(12, 4.0, ncols=3, integer_x=True)
+    fig, axes = _figure(14, 4.0, ncols=3, integer_x=True)
     for ax, frac in zip(axes, _FRACTIONS):
         for i, arm in enumerate(arm_order(trials)):
             m = _curve_matrix(curves, used.loc[used["arm"] == arm, "run_id"], f"kernels/{frac}_fraction")
@@ -184,5 +222,43 @@ def plot_cluster_fractions(trials: pd.DataFrame, curves: pd.DataFrame, path: str
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of depthwise kernels (mean ± sd)")
     if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=7, loc="best")
-    return _save(fig, Path(path))
+        h, lab = axes[0].get_legend_handles_labels()
+        axes[-1].legend(h, lab, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                        frameon=False)
+    return fig
+
+
+def plot_forest(rows: pd.DataFrame, path: str | Path, metric: str = "val_top1", margin: float | None = None,
+                title: str | None = None) -> Path:
+    """Forest plot of differences (see :func:`figure_forest`)."""
+    return _save(figure_forest(rows, metric, margin, title), Path(path))
+
+
+def figure_forest(rows: pd.DataFrame, metric: str = "val_top1", margin: float | None = None,
+                  title: str | None = None):
+    """One row per comparison (columns ``label``, ``estimate``, ``ci_low``, ``ci_high``, ``primary``): the estimate
+    and its 95% interval, top to bottom in the order given; the primary in red, the others in grey-blue;
+    zero as a line and, with a ``margin``, the equivalence region [-m, +m] shaded."""
+    n = len(rows)
+    fig, (ax,) = _figure(9.5, 1.2 + 0.42 * max(n, 1))
+    y = np.arange(n)[::-1].astype(float)
+    if margin is not None:
+        ax.axvspan(-margin, margin, color="#2ca02c", alpha=0.12, lw=0, label=f"equivalence margin ±{margin:g}")
+    ax.axvline(0.0, color="black", lw=0.8)
+    for yi, (_, r) in zip(y, rows.iterrows()):
+        primary = bool(r.get("primary", False))
+        c = "#d62728" if primary else "#4c72b0"
+        ax.errorbar([r["estimate"]], [yi], xerr=[[r["estimate"] - r["ci_low"]], [r["ci_high"] - r["estimate"]]],
+                    fmt="D" if primary else "o", color=c, ms=7 if primary else 5, capsize=3,
+                    lw=2.2 if primary else 1.2, label="primary comparison" if primary else None)
+    ax.set_yticks(y, [str(v) for v in rows["label"]] if n else [])
+    for tick, (_, r) in zip(ax.get_yticklabels(), rows.iterrows()):
+        if bool(r.get("primary", False)):
+            tick.set_fontweight("bold")
+            tick.set_color("#d62728")
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(f"difference in final {metric_label(metric)}, 95% CI")
+    ax.set_title(title or f"differences in final {metric} (estimate and 95% CI)", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    _legend_outside(ax)
+    return fig

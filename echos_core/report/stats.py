@@ -16,7 +16,7 @@ one row per trial with the dotted config keys as columns, ``seed``, ``complete``
 * **paired difference** of arm A against baseline arm B: ``d_s = A_s - B_s`` over the seeds s both
   completed, where B has the same values of every non-init arm key (same model, data, training);
   mean, sd, 95% t-interval of the mean of d, paired t-test p (``scipy.stats.ttest_rel``).
-* **Holm**: step-down Holm-Bonferroni adjusted p-values over a family of comparisons.
+* **Holm**: step-down Holm-Bonferroni adjusted p-values over a family of comparisons (statsmodels).
 * **on_ratio trend**: ordinary least squares of the final value on ``init.on_ratio`` over the
   DoG trials of one context (``scipy.stats.linregress``; slope = change from all-Off to all-On),
   and a quadratic fit whose curvature says whether there is an interior optimum.  Trials are
@@ -304,18 +304,15 @@ def on_ratio_contrasts(trials: pd.DataFrame, reference: float = 0.5, metric: str
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (step-down; monotone; capped at 1).  NaN stays NaN and is not counted."""
+    """Holm-Bonferroni adjusted p-values (statsmodels ``multipletests(method="holm")``: step-down, monotone,
+    capped at 1).  NaN stays NaN and is not counted in the family."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
-    idx = np.flatnonzero(~np.isnan(p))
-    m = len(idx)
-    if m == 0:
-        return out
-    order = idx[np.argsort(p[idx], kind="stable")]
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
 
 

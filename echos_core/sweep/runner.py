@@ -339,6 +339,9 @@ def _check_same_spec(spec: SweepSpec, saved: dict, tracking_uri: str) -> None:
     for key in ("num_cpus", "max_concurrent", "description"):  # how it runs here, not what it runs
         old.pop(key, None)
         new.pop(key, None)
+    for d in (old, new):  # how it is analysed (the analysis: section), not what it runs
+        for key in [k for k in d if k == "analysis" or k.startswith("analysis.")]:
+            d.pop(key)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise SpecError(f"--resume {key}", new.get(key),

@@ -3,7 +3,7 @@
 The format is documented with an annotated example in ``sweeps/README.md``.  In short::
 
     name, description, base, space, search, num_samples, max_concurrent, scheduler,
-    metric, mode, resources, seeds, mlflow, ray, smoke_test
+    metric, mode, resources, seeds, mlflow, ray, smoke_test, analysis
 
 Validation happens in two steps, both before any Ray process exists:
 
@@ -30,6 +30,7 @@ import yaml
 
 from ..config import Config, ConfigError, _known_paths, apply_overrides, config_from_dict, set_dotted
 from ..validation import choice, float_range, int_range, is_int, is_number, nonempty
+from .analysis_spec import AnalysisSpec, parse_analysis
 
 __all__ = [
     "SpecError",
@@ -61,7 +62,7 @@ _INT_PROBE_ALL = 64
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 TOP_KEYS = ("name", "description", "base", "space", "search", "num_samples", "max_concurrent",
-            "scheduler", "metric", "mode", "resources", "seeds", "mlflow", "ray", "smoke_test")
+            "scheduler", "metric", "mode", "resources", "seeds", "mlflow", "ray", "smoke_test", "analysis")
 
 
 class SpecError(ConfigError):
@@ -198,6 +199,7 @@ class SweepSpec:
     keep_checkpoints: int = 2
     num_cpus: Optional[int] = None  # local Ray instance only; None = all cores
     smoke_test: dict = field(default_factory=dict)  # dotted overrides for --smoke-test
+    analysis: Optional[AnalysisSpec] = None  # the declared question (echos_core.sweep.analysis_spec)
     source: Optional[str] = None
 
     @property
@@ -413,6 +415,9 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
                      max_failures=max_failures, keep_checkpoints=keep_checkpoints, num_cpus=num_cpus,
                      smoke_test=dict(smoke))
     _check_cross_rules(spec)
+    if data.get("analysis") is not None:
+        spec.analysis = parse_analysis(data["analysis"], params=params, base_value=lambda k: base_value(base, k),
+                                       metric=metric, metrics=METRICS)
     return spec
 
 

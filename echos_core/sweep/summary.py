@@ -10,7 +10,8 @@ from typing import Any, Optional, TextIO
 
 from ..tracking import (TAG_BEST_CHECKPOINT, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_N_ASHA_STOPPED, TAG_N_ERRORS,
                         TAG_N_TRIALS, TAG_WALL_S, best_metric_tag)
-from .spec import SweepSpec
+from .analysis_spec import power_lines, resolve_pilot_sd
+from .spec import SweepSpec, base_value
 from .trainable import sampled_values, trial_outcome
 
 __all__ = ["describe_spec", "summarise"]
@@ -43,6 +44,11 @@ def describe_spec(spec: SweepSpec, tracking_uri: str, storage: str, n_checked: O
     what = ("grid of " + " x ".join(str(p.size) for p in spec.params) if spec.search.algorithm == "grid" and spec.params
             else f"{spec.n_configs} configuration{'s' if spec.n_configs != 1 else ''}")
     lines.append(f"trials: {spec.n_trials} = {what} x {len(spec.seeds)} seed{'s' if len(spec.seeds) != 1 else ''}")
+    if spec.analysis is not None:
+        sd, source = resolve_pilot_sd(spec.analysis, tracking_uri)
+        lines += power_lines(spec.analysis, seeds=len(spec.seeds), params=spec.params,
+                             base_value=lambda k: base_value(spec.base, k), grid=spec.search.algorithm == "grid",
+                             sd=sd, sd_source=source)
     return "\n".join(lines)
 
 
