@@ -199,11 +199,20 @@ def find_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> li
             return runs
 
 
-def end_run(tracking_uri: str, run_id: str, status: str, tags: Optional[Mapping[str, Any]] = None) -> None:
-    """Set ``tags`` on an existing run and mark it ``status`` (FINISHED, FAILED, KILLED), from any process."""
+def end_run(tracking_uri: str, run_id: str, status: str, tags: Optional[Mapping[str, Any]] = None) -> bool:
+    """Set ``tags`` on an existing run and mark it ``status`` (FINISHED, FAILED, KILLED), from any process.
+
+    A run that already ended keeps its own end time (so its duration stays its own); a run already
+    ended with this status and these tags is left untouched.  Returns whether anything changed."""
     client = mlflow_client(resolve_tracking_uri(tracking_uri))
-    _log_tags(client, run_id, tags or {})
-    client.set_terminated(run_id, status)
+    run = client.get_run(run_id)
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    if run.info.status == status and all(run.data.tags.get(k) == v for k, v in tags.items()):
+        return False
+    _log_tags(client, run_id, tags)
+    ended = run.info.status != "RUNNING" and run.info.end_time
+    client.set_terminated(run_id, status, end_time=run.info.end_time if ended else None)
+    return True
 
 
 def _log_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:

@@ -87,7 +87,7 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("last,errored,expected", [
-    ({"epoch": 1, "max_epochs": 3}, False, ("stopped", "true", "KILLED")),   # ASHA ended it early
+    ({"epoch": 1, "max_epochs": 3}, False, ("stopped", "true", "FINISHED")),   # ASHA ended it early: no failure
     ({"epoch": 3, "max_epochs": 3}, False, ("finished", "false", "FINISHED")),
     ({"epoch": 2, "max_epochs": 3}, True, ("error", "false", "FAILED")),
 ])
@@ -104,7 +104,30 @@ def test_trial_end_is_marked_from_the_driver(store, last, errored, expected):
     r = MlflowClient(tracking_uri=store).get_run(run.run_id)
     assert (r.data.tags["echos.status"], r.data.tags["echos.asha_stopped"], r.info.status) == expected
     assert r.data.tags["echos.last_epoch"] == str(last["epoch"])
+    note = r.data.tags.get("mlflow.note.content", "")  # the run's description in the UI
+    assert ("Stopped early by the scheduler (ASHA) after epoch 1 of 3" in note) == (expected[0] == "stopped")
     assert marker.mark("no-such-trial", {}, False) is None
+
+
+def test_each_trial_keeps_its_own_end_time(store):
+    """Marking every trial again when the sweep ends must not move their end times to the sweep's end."""
+    import time
+
+    from echos_core.sweep.status import MlflowTrialStatus
+
+    client = MlflowClient(tracking_uri=store)
+    done = MlflowRun(store, "exp-t", "done", {}, {"echos.sweep_id": "s-t", "echos.trial_id": "t-done"})
+    done.end("FINISHED")  # the trial ended it itself
+    stopped = MlflowRun(store, "exp-t", "stopped", {}, {"echos.sweep_id": "s-t", "echos.trial_id": "t-stop"})
+    marker = MlflowTrialStatus(store, "exp-t", "s-t")
+    marker.mark("t-stop", {"epoch": 1, "max_epochs": 3, "mlflow_run_id": stopped.run_id}, False)  # ASHA: at its stop
+    marker.mark("t-done", {"epoch": 3, "max_epochs": 3, "mlflow_run_id": done.run_id}, False)
+    ends = {r: client.get_run(r).info.end_time for r in (done.run_id, stopped.run_id)}
+    assert all(ends.values())
+    time.sleep(1.1)
+    for tid, run in (("t-stop", stopped), ("t-done", done)):  # what the driver does when the sweep ends
+        marker.mark(tid, {"epoch": 1 if tid == "t-stop" else 3, "max_epochs": 3, "mlflow_run_id": run.run_id}, False)
+    assert {r: client.get_run(r).info.end_time for r in ends} == ends
 
 
 def test_runs_of_trials_ray_lost_are_dropped(store):

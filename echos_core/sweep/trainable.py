@@ -72,13 +72,14 @@ def trial_outcome(last_result: dict, errored: bool) -> tuple[str, bool, str]:
     """(echos.status, stopped by the scheduler?, MLflow run status) of a trial that ended.
 
     A trial that ended without error before its own ``train.epochs`` (reported with every result
-    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.
+    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.  It ended
+    normally (FINISHED, tagged as stopped early); only a real failure is FAILED.
     """
     epoch, max_epochs = last_result.get("epoch"), last_result.get("max_epochs")
     if errored:
         return "error", False, "FAILED"
     if epoch is not None and max_epochs is not None and int(epoch) < int(max_epochs):
-        return "stopped", True, "KILLED"
+        return "stopped", True, "FINISHED"
     return "finished", False, "FINISHED"
 
 
