@@ -39,6 +39,7 @@ def test_params_metrics_tags_artifact_roundtrip(store, tmp_path, cfg_dict):
     assert [(m.step, round(m.value, 6)) for m in hist] == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2, 3]
     assert "note" not in r.data.metrics and "skipped" not in r.data.metrics
+    assert "epoch" not in r.data.metrics  # the epoch is the step only (else Compare's plots default to it)
     assert r.data.tags["echos.sweep"] == "s1" and r.data.tags["echos.status"] == "finished"
     assert [a.path for a in client.list_artifacts(run_id)] == ["config.yaml"]
     db_dir = store[len("sqlite:///"):].rsplit("/", 1)[0]
@@ -157,3 +158,15 @@ def test_tag_names_are_the_documented_ones():
         "echos.sweep", "echos.sweep_id", "echos.trial_id", "echos.status")
     assert tracking.best_metric_tag("val_top1") == "echos.best_val_top1"
     assert tracking.environment_tags({"torch_version": "2", "git_revision": None}) == {"echos.torch_version": "2"}
+
+
+def test_params_leave_out_where_a_run_goes(cfg_dict):
+    """mlflow.*, output_dir and run_name say where a run is written, not what it trains: no columns for them."""
+    from echos_core.tracking import run_params
+
+    cfg = config_to_dict(config_from_dict({**cfg_dict, "run_name": "x", "mlflow": {"experiment": "e"}}))
+    params = run_params(cfg)
+    assert not [k for k in params if k.startswith("mlflow.") or k in ("output_dir", "run_name")]
+    assert params["seed"] == cfg["seed"] and params["model.name"] == cfg["model"]["name"]
+    kaiming = run_params(config_to_dict(config_from_dict({**cfg_dict, "init": {"scheme": "kaiming"}})))
+    assert "init.on_ratio" not in kaiming and "init.gamma_low" not in kaiming and "init.scale" not in kaiming

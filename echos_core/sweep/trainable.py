@@ -143,7 +143,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         params["arm"] = arms
     run = MlflowRun(ctx.tracking_uri, spec.experiment, run_name, params, tags,
                     parent_run_id=ctx.parent_run_id, run_id=run_id)
-    logged = run.logged_steps("epoch")
+    logged = run.logged_steps()
     if run_id is None:
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
