@@ -281,12 +281,19 @@ class Config:
         nonempty("output_dir", self.output_dir)
         return self
 
-    def default_run_name(self) -> str:
+    def init_label(self) -> str:
+        """The init in a few characters: ``kaiming``, ``dog-on0.25``."""
+        return f"dog-on{self.init.on_ratio:g}" if self.init.scheme == "dog" else self.init.scheme
+
+    def model_label(self) -> str:
+        """The model and data in a few characters: ``convmixer-k5-embedded``."""
         ks = f"-k{self.model.kernel_size}" if self.model.kernel_size else ""
-        init = self.init.scheme
-        if init == "dog":
-            init = f"dog-on{self.init.on_ratio:g}"
-        return f"{self.model.name}{ks}-{self.data.name}-{init}-s{self.seed}"
+        return f"{self.model.name}{ks}-{self.data.name}"
+
+    def default_run_name(self) -> str:
+        """What differs between runs first (init, seed), the model after: ``dog-on0.25-s1-convmixer-k5-embedded``
+        (MLflow's runs table cuts long names)."""
+        return f"{self.init_label()}-s{self.seed}-{self.model_label()}"
 
 
 # --------------------------------------------------------------------------- building from dicts

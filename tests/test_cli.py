@@ -59,7 +59,7 @@ def test_train_writes_run_folder(config_file, tmp_path, capsys):
 
 def test_train_default_run_folder_name(config_file, tmp_path, capsys):
     assert cli.main(["train", "-c", str(config_file), "init.scheme=kaiming", "seed=3"]) == 0
-    assert (tmp_path / "runs" / "convmixer-k5-fake-kaiming-s3" / "metrics.jsonl").is_file()
+    assert (tmp_path / "runs" / "kaiming-s3-convmixer-k5-fake" / "metrics.jsonl").is_file()
 
 
 @pytest.mark.parametrize("override, message", [

@@ -36,7 +36,8 @@ from ..tracking import (TAG_ASHA_STOPPED, TAG_ERROR, TAG_NODE_HOST, TAG_NODE_ID,
                         TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, environment_tags)
 from .spec import SweepSpec
 
-__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "TRIAL_STATE_FILE",
+__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name",
+           "TRIAL_STATE_FILE",
            "REPORT_KEYS"]
 
 TRIAL_STATE_FILE = "echos_trial.json"  # written into every reported checkpoint folder
@@ -66,6 +67,21 @@ def trial_seed(config: dict, spec: SweepSpec) -> int:
 def sampled_values(config: dict) -> dict:
     """The trial config without Ray's bookkeeping keys and the seed."""
     return {k: v for k, v in config.items() if not k.startswith("__") and k != "seed"}
+
+
+def trial_run_name(cfg, spec: SweepSpec, config: dict, trial_id: str) -> str:
+    """What differs between trials first (init and its On fraction, seed, other sampled values),
+    then the model and the trial number: ``dog-on0.25-s1-lr0.0031-convmixer-k5-embedded-00003``.
+    (MLflow's runs table shows the first 20 or so characters of a name.)"""
+    sampled = []
+    for p in spec.params:
+        if p.key in config:
+            for key, value in p.overrides(config[p.key]).items():
+                if not key.startswith("init."):  # the init label says those
+                    short = f"{value:.2g}" if isinstance(value, float) else str(value)
+                    sampled.append(f"{key.rsplit('.', 1)[-1]}{short}")
+    parts = [cfg.init_label(), f"s{cfg.seed}", *sampled, cfg.model_label(), trial_id.rsplit("_", 1)[-1]]
+    return "-".join(parts)
 
 
 def trial_outcome(last_result: dict, errored: bool) -> tuple[str, bool, str]:
@@ -136,7 +152,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         TAG_NODE_ID: node_id,
         TAG_NODE_HOST: socket.gethostname(),
     })
-    run_name = f"{cfg.default_run_name()}-{trial_id.rsplit('_', 1)[-1]}"
+    run_name = trial_run_name(cfg, spec, config, trial_id)
     params = config_to_dict(cfg)
     arms = {p.key: config[p.key] for p in spec.params if p.is_arm and p.key in config}
     if arms:  # the arm label as a param too, to group runs by it in MLflow's compare view
