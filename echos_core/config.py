@@ -252,9 +252,12 @@ class TrainConfig:
 
 @dataclass
 class MlflowConfig:
+    enabled: bool = field(default=True, metadata=_doc(
+        "`echos train` logs the run to MLflow (false: the run folder only); sweeps always log"))
     tracking_uri: Optional[str] = field(default=None, metadata=_doc(
-        "MLflow tracking URI for `echos train`; null = no MLflow logging (sweeps set their own)"))
-    experiment: str = field(default="echos", metadata=_doc("MLflow experiment name"))
+        "MLflow tracking URI for `echos train`; null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+        "(the store `echos ui` and sweeps use; sweeps set their own)"))
+    experiment: str = field(default="train", metadata=_doc("MLflow experiment of `echos train` runs"))
 
     def validate(self, p: str = "mlflow") -> None:
         nonempty(f"{p}.experiment", self.experiment)
@@ -266,7 +269,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig, metadata=_doc("the data set and augmentation"))
     init: InitConfig = field(default_factory=InitConfig, metadata=_doc("init of depthwise kernels"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=_doc("optimisation"))
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig, metadata=_doc("optional MLflow logging"))
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig, metadata=_doc("MLflow logging of `echos train`"))
     seed: int = field(default=0, metadata=_doc("seed of init, data order, augmentation and dropout"))
     output_dir: str = field(default="runs", metadata=_doc("parent folder of run folders"))
     run_name: Optional[str] = field(default=None, metadata=_doc("run folder name; null = derived from model, init and seed"))

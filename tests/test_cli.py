@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def config_file(cfg_dict, tmp_path):
-    d = dict(cfg_dict, output_dir=str(tmp_path / "runs"))
+    d = dict(cfg_dict, output_dir=str(tmp_path / "runs"), mlflow={"enabled": False})  # the MLflow test turns it on
     d["train"] = dict(d["train"], epochs=1, steps_per_epoch=2, threads=1)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(d))
@@ -57,9 +57,11 @@ def test_train_writes_run_folder(config_file, tmp_path, capsys):
     assert [m["epoch"] for m in lines] == [1, 2]
 
 
-def test_train_default_run_folder_name(config_file, tmp_path, capsys):
+def test_train_default_run_folder_name(config_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "-c", str(config_file), "init.scheme=kaiming", "seed=3"]) == 0
     assert (tmp_path / "runs" / "kaiming-s3-convmixer-k5-fake" / "metrics.jsonl").is_file()
+    assert not (tmp_path / "mlflow.db").exists()  # mlflow.enabled=false: no MLflow store made
 
 
 @pytest.mark.parametrize("override, message", [
@@ -267,15 +269,18 @@ def test_kernels_uses_the_init_code_path(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, inside MLflow's store
-def test_train_logs_to_mlflow(config_file, tmp_path, capsys):
-    """mlflow.tracking_uri set: params, per-epoch metrics, tags and run-folder artifacts land in MLflow."""
+def test_train_logs_to_mlflow(config_file, tmp_path, capsys, monkeypatch):
+    """By default: params, per-epoch metrics, tags and run-folder artifacts (mosaics too) land in the
+    default store (./mlflow.db, the one `echos ui` opens), experiment `train`."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert cli.main(["train", "-c", str(config_file), "train.epochs=2", "train.steps_per_epoch=1",
-                     f"mlflow.tracking_uri={uri}", "mlflow.experiment=cli-test", "run_name=logged"]) == 0
+                     "mlflow.enabled=true", "run_name=logged"]) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     local = [json.loads(x) for x in (tmp_path / "runs" / "logged" / "metrics.jsonl").read_text().splitlines()]
     assert run.info.status == "FINISHED" and run.info.run_name == "logged"
     assert run.data.params["init.scheme"] == "dog" and run.data.params["train.epochs"] == "2"
@@ -283,4 +288,8 @@ def test_train_logs_to_mlflow(config_file, tmp_path, capsys):
     assert [(m.step, m.value) for m in history] == [(h["epoch"], pytest.approx(h["val_loss"])) for h in local]
     assert run.data.tags["echos.torch_version"] == torch.__version__.split("+")[0]
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
-        "config.yaml", "environment.json", "init_report.json", "metrics.jsonl"]
+        "config.yaml", "environment.json", "init_report.json", "kernels", "metrics.jsonl"]
+    mosaics = sorted(a.path for a in client.list_artifacts(run.info.run_id, "kernels"))
+    assert mosaics == ["kernels/final_blocks-0-0-fn-0.png", "kernels/final_blocks-1-0-fn-0.png",
+                       "kernels/init_blocks-0-0-fn-0.png", "kernels/init_blocks-1-0-fn-0.png"]
+    assert "mlflow.experiment" not in run.data.params and "run_name" not in run.data.params

@@ -110,7 +110,7 @@ def test_run_folder_files(three_epochs):
         "checkpoints", "config.yaml", "environment.json", "init_report.json", "kernels", "metrics.jsonl"]
     # mosaics of the first and last depthwise layer, at init and after the last epoch
     assert sorted(p.name for p in (run / "kernels").iterdir()) == [
-        "epoch_0003_blocks-0-0-fn-0.png", "epoch_0003_blocks-1-0-fn-0.png",
+        "final_blocks-0-0-fn-0.png", "final_blocks-1-0-fn-0.png",
         "init_blocks-0-0-fn-0.png", "init_blocks-1-0-fn-0.png"]
     assert config_from_dict(yaml.safe_load((run / "config.yaml").read_text())) == cfg
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

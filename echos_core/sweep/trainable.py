@@ -36,7 +36,7 @@ from ..tracking import (TAG_ASHA_STOPPED, TAG_ERROR, TAG_NODE_HOST, TAG_NODE_ID,
                         TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, environment_tags)
 from .spec import SweepSpec
 
-__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name",
+__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name", "log_mosaics",
            "TRIAL_STATE_FILE",
            "REPORT_KEYS"]
 
@@ -67,6 +67,14 @@ def trial_seed(config: dict, spec: SweepSpec) -> int:
 def sampled_values(config: dict) -> dict:
     """The trial config without Ray's bookkeeping keys and the seed."""
     return {k: v for k, v in config.items() if not k.startswith("__") and k != "seed"}
+
+
+def log_mosaics(run, run_dir: Path, first: bool) -> None:
+    """The trainer's kernel mosaics as artifacts ``kernels/*.png``: ``final_*`` every epoch (replacing the
+    previous epoch's, so a trial the scheduler stops has its own last kernels), ``init_*`` with ``first``."""
+    for png in sorted((run_dir / "kernels").glob("*.png")):
+        if first or png.name.startswith("final_"):
+            run.log_artifact(png, "kernels")
 
 
 def trial_run_name(cfg, spec: SweepSpec, config: dict, trial_id: str) -> str:
@@ -175,6 +183,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                 for name in ("init_report.json", "environment.json"):
                     if (run_dir / name).is_file():
                         run.log_artifact(run_dir / name)
+            log_mosaics(run, run_dir, first=epoch == 1)
         result = {**metrics, **extra}
         if checkpoint_dir is None:
             tune.report(result)
