@@ -21,7 +21,8 @@ from .config import ConfigError, InitConfig, apply_overrides, config_from_dict, 
 __all__ = ["main", "build_parser"]
 
 # Modules that add subcommands through ``register(subparsers)``.
-_COMMAND_MODULES: list[str] = ["echos_core.analysis.cli", "echos_core.sweep.cli", "echos_core.report.cli"]
+_COMMAND_MODULES: list[str] = ["echos_core.analysis.cli", "echos_core.sweep.cli", "echos_core.report.cli",
+                                "echos_core.ui"]
 
 
 # --------------------------------------------------------------------------- echos train

@@ -182,7 +182,8 @@ def test_quick_smoke_sweep_optuna_asha_to_sqlite(tmp_path):
     out = res.stdout
     assert "trials: 4 = 2 configurations x 2 seeds" in out
     assert "best trial " in out and "checkpoint: " in out
-    assert "echos ui --backend-store-uri sqlite:///" in out
+    assert "open it: echos ui\n" in out  # the default store: nothing to add
+    assert "#/experiments/1/runs?workflowType=machine_learning" in out  # the runs table, not the GenAI overview
     assert "| Trial name" in out and "val_top1" in out  # Ray's progress table with our metric column
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store, in the working folder

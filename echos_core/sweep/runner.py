@@ -31,6 +31,7 @@ from typing import Any, Optional, TextIO
 from ..tracking import ROLE_SWEEP, TAG_ROLE, TAG_STATUS, TAG_STORAGE, TAG_SWEEP, TAG_SWEEP_ID
 from ..config import flatten
 from .spec import SpecError, SweepSpec
+from .parent import finish_parent
 from .summary import summarise
 from .trainable import TrialContext, run_trial
 
@@ -325,8 +326,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         t0 = time.time()
         results = tuner.fit()
         wall = time.time() - t0
-        summary = summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out)
-        parent.set_tags({TAG_STATUS: "finished", **summary})
+        summary = summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out, parent.experiment_id)
+        parent.set_tags({TAG_STATUS: "finished", **summary.tags})
+        finish_parent(parent, spec, summary, sweep_id, out)
         parent.end("FINISHED")
     finally:
         ray.shutdown()
