@@ -195,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:  # the reader went away (`echos train --help-config | head`): stop quietly
+        _silence_stdout()
+        return 0
     except (ConfigError, *USER_IO_ERRORS) as e:  # bad input: one line, exit 2; anything else keeps its traceback
         print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -205,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{parser.prog}: error: training diverged: {_one_line(e)}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _one_line(e: BaseException) -> str:

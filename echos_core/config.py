@@ -453,8 +453,14 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | dict |
     return config_from_dict(data)
 
 
+def yaml_value(v: Any) -> str:
+    """``v`` spelt as a ``key=value`` override takes it: YAML (``null``, ``false``, ``[0.3, 0.7]``)."""
+    text = yaml.safe_dump(v, default_flow_style=True, width=10**6).strip()
+    return text[:-len("...")].strip() if text.endswith("...") else text
+
+
 def describe() -> str:
-    """A listing of every config key with its default and one-line doc."""
+    """A listing of every config key with its default (as YAML, the way overrides spell it) and one-line doc."""
     lines = []
 
     def walk(cls: type, obj: Any, prefix: str) -> None:
@@ -466,7 +472,7 @@ def describe() -> str:
             if dataclasses.is_dataclass(base):
                 walk(base, val, key)
             else:
-                lines.append(f"{key} = {val!r}  # {f.metadata.get('doc', '')}")
+                lines.append(f"{key} = {yaml_value(val)}  # {f.metadata.get('doc', '')}")
 
     walk(Config, Config(), "")
     return "\n".join(lines)

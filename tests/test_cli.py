@@ -293,3 +293,26 @@ def test_train_logs_to_mlflow(config_file, tmp_path, capsys, monkeypatch):
     assert mosaics == ["kernels/final_blocks-0-0-fn-0.png", "kernels/final_blocks-1-0-fn-0.png",
                        "kernels/init_blocks-0-0-fn-0.png", "kernels/init_blocks-1-0-fn-0.png"]
     assert "mlflow.experiment" not in run.data.params and "run_name" not in run.data.params
+
+
+def test_help_config_into_a_closed_pipe_exits_quietly():
+    """`echos train --help-config | head`: no BrokenPipeError when the reader stops early."""
+    import fcntl
+
+    proc = subprocess.Popen([sys.executable, "-m", "echos_core", "train", "--help-config"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: a pipe smaller than the listing
+    first = proc.stdout.readline().decode()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
+    assert first.startswith("model.name = ")
+
+
+def test_help_config_spells_defaults_as_overrides_take_them():
+    from echos_core.config import describe
+
+    text = describe()
+    assert "model.kernel_size = null  #" in text and "train.compile = false  #" in text
+    assert "init.scheme = dog  #" in text
+    assert "= None" not in text and "= False" not in text and "= True" not in text and "= '" not in text
