@@ -174,7 +174,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast, channels_
         topk += ak * b
         n += b
     n = max(n, 1)
-    return {"val_loss": loss_sum.item() / n, "val_top1": top1.item() / n, "val_top5": topk.item() / n}
+    # Accuracies are counts over n in percent: 6 decimals hold them exactly (no 23.299999999999997 in tables).
+    return {"val_loss": loss_sum.item() / n, "val_top1": round(top1.item() / n, 6), "val_top5": round(topk.item() / n, 6)}
 
 
 # --------------------------------------------------------------------------- the loop

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -185,6 +186,8 @@ def test_quick_smoke_sweep_optuna_asha_to_sqlite(tmp_path):
     assert "open it: echos ui\n" in out  # the default store: nothing to add
     assert "#/experiments/1/runs?workflowType=machine_learning" in out  # the runs table, not the GenAI overview
     assert "| Trial name" in out and "val_top1" in out  # Ray's progress table with our metric column
+    assert "Result logdir:" not in out and f"Results: {tmp_path / 'ray'}/quick-smoke-" in out  # not Ray's temp folder
+    assert not re.search(r"\d\.\d*(99999|00000)\d", out)  # no float noise (23.299999999999997) in the tables
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store, in the working folder
     client, parents, trials = _runs(uri, "quick-smoke")

@@ -158,8 +158,8 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _reporter(spec: SweepSpec):
-    from ray.tune import CLIReporter
+def _reporter(spec: SweepSpec, exp_path: str):
+    from .status import SweepReporter
 
     params = {p.key: p.key.rsplit(".", 1)[-1] if not p.is_arm else p.key for p in spec.params}
     if spec.search.algorithm == "grid":
@@ -169,9 +169,8 @@ def _reporter(spec: SweepSpec):
         metrics.setdefault(m, m)
     if spec.search.algorithm != "grid":
         metrics["seed"] = "seed"
-    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=15,
-                       sort_by_metric=True, max_progress_rows=30,
-                       max_column_length=28)
+    return SweepReporter(exp_path, parameter_columns=params, metric_columns=metrics, max_report_frequency=15,
+                         sort_by_metric=True, max_progress_rows=30, max_column_length=28)
 
 
 # --------------------------------------------------------------------------- running
@@ -321,7 +320,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
                                                             checkpoint_score_attribute=spec.metric,
                                                             checkpoint_score_order=spec.mode),
-                    callbacks=[callback], progress_reporter=_reporter(spec), verbose=1),
+                    callbacks=[callback], progress_reporter=_reporter(spec, exp_path), verbose=1),
             )
         t0 = time.time()
         results = tuner.fit()

@@ -1,4 +1,4 @@
-"""How each trial of a sweep ended, marked on its MLflow run by the driver.
+"""How each trial of a sweep ended, marked on its MLflow run by the driver; the progress table.
 
 A trial that the scheduler stops is simply ended by Ray (its report call raises SystemExit),
 so the trial itself cannot say so; the driver can, from the trial's last result.
@@ -9,12 +9,25 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from ray.tune import Callback
+from ray.tune import Callback, CLIReporter
 
 from ..tracking import TAG_ASHA_STOPPED, TAG_LAST_EPOCH, TAG_STATUS, TAG_SWEEP_ID, TAG_TRIAL_ID
 from .trainable import trial_outcome
 
-__all__ = ["MlflowTrialStatus"]
+__all__ = ["MlflowTrialStatus", "SweepReporter"]
+
+
+class SweepReporter(CLIReporter):
+    """Ray's progress table, naming the sweep's own folder where Ray names its temporary session folder."""
+
+    def __init__(self, exp_path: str, **kwargs):
+        super().__init__(**kwargs)
+        self.exp_path = exp_path
+
+    def _print(self, msg: str) -> None:
+        lines = [f"Results: {self.exp_path}" if line.startswith("Result logdir: ") else line
+                 for line in msg.split("\n")]
+        super()._print("\n".join(lines))
 
 
 class MlflowTrialStatus(Callback):
