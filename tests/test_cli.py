@@ -316,3 +316,35 @@ def test_help_config_spells_defaults_as_overrides_take_them():
     assert "model.kernel_size = null  #" in text and "train.compile = false  #" in text
     assert "init.scheme = dog  #" in text
     assert "= None" not in text and "= False" not in text and "= True" not in text and "= '" not in text
+
+
+@pytest.mark.slow  # two `echos train` processes: about a minute on a loaded 2-core machine
+def test_train_shows_a_step_progress_bar_on_a_terminal_only(config_file, tmp_path):
+    """On a terminal: a per-step bar (tqdm); into a pipe, or with TQDM_DISABLE: none."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    cmd = [sys.executable, "-m", "echos_core", "train", "-c", str(config_file), "train.steps_per_epoch=4"]
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.Popen(cmd + ["--run-dir", str(tmp_path / "tty")], cwd=tmp_path, env=env,
+                            stdout=secondary, stderr=secondary, stdin=subprocess.DEVNULL)
+    os.close(secondary)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the child is done
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0
+    assert b"step/s" in out and b"/4 [" in out, out.decode(errors="replace")[-2000:]
+    piped = subprocess.run(cmd + ["--run-dir", str(tmp_path / "pipe")], cwd=tmp_path, env=env,
+                           capture_output=True, timeout=120)
+    assert piped.returncode == 0 and b"step/s" not in piped.stdout + piped.stderr
