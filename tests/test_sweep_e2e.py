@@ -170,6 +170,9 @@ def _check_trial_run(client, run, parent_id: str, max_epochs: int) -> list[int]:
     assert run.info.end_time >= run.info.start_time
     assert tags["echos.last_epoch"] == str(len(steps))
     assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    mosaics = {a.path.split("/")[1].split("_")[0] for a in client.list_artifacts(run.info.run_id, "kernels")}
+    assert mosaics == {"init", "final"}  # kernel mosaics at init and after the trial's last epoch
+    assert "epoch" not in run.data.metrics  # the step, not a metric
     return steps
 
 
@@ -209,6 +212,15 @@ def test_quick_smoke_sweep_optuna_asha_to_sqlite(tmp_path):
     assert len(by_config) == 2 and all(seeds == {"0", "1"} for seeds in by_config.values())
     assert parent.data.tags["echos.n_asha_stopped"] == str(stopped)
     assert f"{stopped} stopped early by ASHA" in out
+    # Each trial keeps its own end time: the first to end did so before the last one started.
+    assert min(t.info.end_time for t in trials) < max(t.info.start_time for t in trials)
+    # The parent run holds the sweep: best value and counts as metrics, the per-configuration table, the report.
+    best = max(t.data.metrics["val_top1"] for t in trials)
+    assert parent.data.metrics == {"best_val_top1": best, "n_finished": 4.0 - stopped, "n_stopped": float(stopped),
+                                   "n_failed": 0.0}
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"by_configuration.csv", "report"} <= arts
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
 # --------------------------------------------------------------------------- --resume

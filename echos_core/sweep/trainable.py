@@ -11,7 +11,8 @@ One call of :func:`run_trial` is one (configuration, seed) trial:
 3. the trial's MLflow run is the one named in that checkpoint, or else the run tagged with
    this sweep and trial id, or else a new one nested under the sweep's parent run; so a
    trial that starts again never gets a second run, and epochs already logged are skipped;
-4. every epoch: metrics to MLflow (``step = epoch``), then ``ray.tune.report(metrics,
+4. every epoch: metrics to MLflow (``step = epoch``) and the kernel mosaics (``kernels/init_*``
+   once, ``kernels/final_*`` replaced every epoch), then ``ray.tune.report(metrics,
    checkpoint=...)`` with the trainer's self-contained checkpoint folder.  MLflow first:
    when the scheduler stops a trial, the code after its last report never runs.
 
