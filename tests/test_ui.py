@@ -97,3 +97,18 @@ def test_parent_run_gets_metrics_and_the_per_configuration_table(store, tmp_path
     two_seeds = parse_spec({"name": "p", "base": {}, "seeds": [0, 1], "search": "grid",
                             "space": {"train.lr": {"type": "grid", "values": [0.1, 0.01]}}})
     assert has_comparison(two_seeds, summary)
+
+
+def test_the_end_of_a_sweep_prints_its_paired_differences():
+    import pandas as pd
+
+    from echos_core.sweep.parent import paired_lines
+
+    paired = pd.DataFrame([{"arm": "dog on=0.25", "baseline": "kaiming", "n_pairs": 3, "mean_diff": 1.234,
+                            "ci_low": -0.5, "ci_high": 2.9},
+                           {"arm": "default", "baseline": "kaiming", "n_pairs": 1, "mean_diff": 9.0,
+                            "ci_low": float("nan"), "ci_high": float("nan")}])
+    assert paired_lines(paired, "val_top1") == [
+        "paired differences (val_top1, arm - baseline, mean [95% CI] over seeds both finished):",
+        "  dog on=0.25 - kaiming: +1.23 [-0.50, +2.90], 3 pairs"]
+    assert paired_lines(paired.iloc[1:], "val_top1")[0].startswith("paired differences: none")

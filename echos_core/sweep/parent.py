@@ -23,7 +23,7 @@ from typing import TextIO
 from .spec import SweepSpec
 from .summary import SweepSummary
 
-__all__ = ["finish_parent", "has_comparison", "BY_CONFIG_FILE", "REPORT_DIR"]
+__all__ = ["finish_parent", "has_comparison", "paired_lines", "BY_CONFIG_FILE", "REPORT_DIR"]
 
 BY_CONFIG_FILE = "by_configuration.csv"
 REPORT_DIR = "report"
@@ -79,3 +79,17 @@ def _log_report(parent, spec: SweepSpec, sweep_id: str, folder: Path, out: TextI
     parent.client.log_artifacts(parent.run_id, str(folder), REPORT_DIR)
     print(f"report ({len(rep.files)} files: report.md, tables, figures) logged to the sweep's parent run "
           f"under {REPORT_DIR}/", file=out)
+    for line in paired_lines(rep.paired, spec.metric):
+        print(line, file=out)
+
+
+def paired_lines(paired, metric: str) -> list[str]:
+    """The paired differences against the baselines, one line each (what the sweep's comparison found)."""
+    rows = [r for _, r in paired.iterrows() if r["n_pairs"] and r["n_pairs"] >= 2]
+    if not rows:
+        return ["paired differences: none (no arm and baseline finished on two or more common seeds)"]
+    lines = [f"paired differences ({metric}, arm - baseline, mean [95% CI] over seeds both finished):"]
+    for r in rows:
+        lines.append(f"  {r['arm']} - {r['baseline']}: {r['mean_diff']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                     f", {int(r['n_pairs'])} pairs")
+    return lines

@@ -32,7 +32,7 @@ from ..tracking import ROLE_SWEEP, TAG_ROLE, TAG_STATUS, TAG_STORAGE, TAG_SWEEP,
 from ..config import flatten
 from .spec import SpecError, SweepSpec
 from .parent import finish_parent
-from .summary import summarise
+from .summary import summarise, where_lines
 from .trainable import TrialContext, run_trial
 
 __all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
@@ -325,10 +325,11 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         t0 = time.time()
         results = tuner.fit()
         wall = time.time() - t0
-        summary = summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out, parent.experiment_id)
+        summary = summarise(spec, results, wall, sweep_id, out)
         parent.set_tags({TAG_STATUS: "finished", **summary.tags})
         finish_parent(parent, spec, summary, sweep_id, out)
         parent.end("FINISHED")
+        print("\n".join(where_lines(spec, tracking_uri, parent.run_id, parent.experiment_id)), file=out, flush=True)
     finally:
         ray.shutdown()
     return 0

@@ -15,7 +15,7 @@ from .analysis_spec import power_lines, resolve_pilot_sd
 from .spec import SweepSpec, base_value
 from .trainable import sampled_values, trial_outcome
 
-__all__ = ["describe_spec", "summarise", "SweepSummary", "open_lines"]
+__all__ = ["describe_spec", "summarise", "SweepSummary", "open_lines", "where_lines"]
 
 
 def describe_spec(spec: SweepSpec, tracking_uri: str, storage: str, n_checked: Optional[int] = None) -> str:
@@ -62,10 +62,9 @@ class SweepSummary:
     by_config: list = field(default_factory=list)  # one dict per configuration (the CSV artifact)
 
 
-def summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id: str,
-              parent_run_id: str, out: TextIO, experiment_id: Optional[str] = None) -> SweepSummary:
+def summarise(spec: SweepSpec, results, wall: float, sweep_id: str, out: TextIO) -> SweepSummary:
     """Print the end of a sweep (counts, best trial and its checkpoint, per-configuration means over
-    seeds, where to look in MLflow) from Tune's ``ResultGrid``; return what the parent run gets."""
+    seeds) from Tune's ``ResultGrid``; return what the parent run gets."""
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -101,10 +100,13 @@ def summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id
             _print_by_config(spec, summary.by_config, p)
     else:
         p("no trial reported a finite " + spec.metric)
-    p(f"MLflow: {tracking_uri}, experiment {spec.experiment!r}, sweep parent run {parent_run_id}")
-    for line in open_lines(tracking_uri, experiment_id):
-        p("  " + line)
     return summary
+
+
+def where_lines(spec: SweepSpec, tracking_uri: str, parent_run_id: str, experiment_id: Optional[str]) -> list[str]:
+    """The last lines of a sweep: where its runs are, and how to open them in the MLflow UI."""
+    lines = [f"MLflow: {tracking_uri}, experiment {spec.experiment!r}, sweep parent run {parent_run_id}"]
+    return lines + ["  " + line for line in open_lines(tracking_uri, experiment_id)]
 
 
 def open_lines(tracking_uri: str, experiment_id: Optional[str]) -> list[str]:
