@@ -19,6 +19,8 @@ Run folder::
     run_dir/config.yaml          resolved config
     run_dir/environment.json     versions, machine, git revision (echos_core.runinfo)
     run_dir/init_report.json     what the init changed, per layer
+    run_dir/kernels/init_<layer>.png, final_<layer>.png   mosaics of the first and last depthwise layer
+                                 (final: after the latest epoch; with train.kernel_metrics)
     run_dir/metrics.jsonl        one JSON object per epoch
     run_dir/checkpoints/epoch_0003/checkpoint.pt
 
@@ -172,7 +174,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast, channels_
         topk += ak * b
         n += b
     n = max(n, 1)
-    return {"val_loss": loss_sum.item() / n, "val_top1": top1.item() / n, "val_top5": topk.item() / n}
+    # Accuracies are counts over n in percent: 6 decimals hold them exactly (no 23.299999999999997 in tables).
+    return {"val_loss": loss_sum.item() / n, "val_top1": round(top1.item() / n, 6), "val_top5": round(topk.item() / n, 6)}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -251,7 +254,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
         if epoch_kernel_metrics not in metric_hooks:  # a caller may already pass it
             metric_hooks.append(epoch_kernel_metrics)
         if ckpt is None:
-            write_kernel_mosaics(model, run_dir / "kernels", "init")
+            write_kernel_mosaics(model, run_dir / "kernels", "init", run=cfg.run_name or cfg.default_run_name())
     val_loader = data.loader("val", tc.batch_size, seed=cfg.seed, epoch=0, device=device,
                              num_workers=cfg.data.num_workers)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
@@ -290,8 +293,9 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
             ckpt_dir = None
             if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
                 ckpt_dir = _save_epoch(run_dir, cfg, epoch, step_ctx, history)
-            if tc.kernel_metrics and epoch == tc.epochs:
-                write_kernel_mosaics(model, run_dir / "kernels", f"epoch_{epoch:04d}")
+            if tc.kernel_metrics:  # the kernels as training left them, before the callback (which may end a trial)
+                write_kernel_mosaics(model, run_dir / "kernels", "final", caption=f"after epoch {epoch}/{tc.epochs}",
+                                     run=cfg.run_name or cfg.default_run_name())
             if callback is not None:
                 callback(dict(metrics), ckpt_dir)
     finally:
@@ -409,8 +413,10 @@ def _save_epoch(run_dir: Path, cfg: Config, epoch: int, c: _Steps, history: list
     return folder
 
 
-def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: int = 64) -> list[Path]:
-    """PNG mosaics of the first and the last depthwise layer: ``<folder>/<tag>_<layer>.png``."""
+def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: int = 64,
+                         caption: str | None = None, run: str | None = None) -> list[Path]:
+    """PNG mosaics of the first and the last depthwise layer: ``<folder>/<tag>_<layer>.png``; the title
+    names ``run`` (default: the run folder), ``caption`` (default ``tag``), the layer and its kernel count."""
     from .inits import depthwise_kernels
     from .plots import kernel_mosaic
 
@@ -421,7 +427,7 @@ def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: 
     for name, kernels in picked:
         path = folder / f"{tag}_{name.replace('.', '-')}.png"
         kernel_mosaic(kernels, path, max_kernels=max_kernels,  # the title says "first 64 of N" when it cuts
-                      title=f"run {folder.parent.name}, {tag}: layer {name}, {kernels.shape[0]} kernels")
+                      title=f"run {run or folder.parent.name}, {caption or tag}: layer {name}, {kernels.shape[0]} kernels")
         paths.append(path)
     return paths
 

@@ -31,7 +31,8 @@ from typing import Any, Optional, TextIO
 from ..tracking import ROLE_SWEEP, TAG_ROLE, TAG_STATUS, TAG_STORAGE, TAG_SWEEP, TAG_SWEEP_ID
 from ..config import flatten
 from .spec import SpecError, SweepSpec
-from .summary import summarise
+from .parent import finish_parent
+from .summary import summarise, where_lines
 from .trainable import TrialContext, run_trial
 
 __all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
@@ -157,8 +158,8 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _reporter(spec: SweepSpec):
-    from ray.tune import CLIReporter
+def _reporter(spec: SweepSpec, exp_path: str):
+    from .status import SweepReporter
 
     params = {p.key: p.key.rsplit(".", 1)[-1] if not p.is_arm else p.key for p in spec.params}
     if spec.search.algorithm == "grid":
@@ -168,9 +169,8 @@ def _reporter(spec: SweepSpec):
         metrics.setdefault(m, m)
     if spec.search.algorithm != "grid":
         metrics["seed"] = "seed"
-    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=15,
-                       sort_by_metric=True, max_progress_rows=30,
-                       max_column_length=28)
+    return SweepReporter(exp_path, parameter_columns=params, metric_columns=metrics, max_report_frequency=15,
+                         sort_by_metric=True, max_progress_rows=30, max_column_length=28)
 
 
 # --------------------------------------------------------------------------- running
@@ -320,14 +320,16 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
                                                             checkpoint_score_attribute=spec.metric,
                                                             checkpoint_score_order=spec.mode),
-                    callbacks=[callback], progress_reporter=_reporter(spec), verbose=1),
+                    callbacks=[callback], progress_reporter=_reporter(spec, exp_path), verbose=1),
             )
         t0 = time.time()
         results = tuner.fit()
         wall = time.time() - t0
-        summary = summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out)
-        parent.set_tags({TAG_STATUS: "finished", **summary})
+        summary = summarise(spec, results, wall, sweep_id, out)
+        parent.set_tags({TAG_STATUS: "finished", **summary.tags})
+        finish_parent(parent, spec, summary, sweep_id, out)
         parent.end("FINISHED")
+        print("\n".join(where_lines(spec, tracking_uri, parent.run_id, parent.experiment_id)), file=out, flush=True)
     finally:
         ray.shutdown()
     return 0

@@ -1,4 +1,4 @@
-"""How each trial of a sweep ended, marked on its MLflow run by the driver.
+"""How each trial of a sweep ended, marked on its MLflow run by the driver; the progress table.
 
 A trial that the scheduler stops is simply ended by Ray (its report call raises SystemExit),
 so the trial itself cannot say so; the driver can, from the trial's last result.
@@ -9,25 +9,40 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from ray.tune import Callback
+from ray.tune import Callback, CLIReporter
 
 from ..tracking import TAG_ASHA_STOPPED, TAG_LAST_EPOCH, TAG_STATUS, TAG_SWEEP_ID, TAG_TRIAL_ID
 from .trainable import trial_outcome
 
-__all__ = ["MlflowTrialStatus"]
+__all__ = ["MlflowTrialStatus", "SweepReporter"]
+
+
+class SweepReporter(CLIReporter):
+    """Ray's progress table, naming the sweep's own folder where Ray names its temporary session folder."""
+
+    def __init__(self, exp_path: str, **kwargs):
+        super().__init__(**kwargs)
+        self.exp_path = exp_path
+
+    def _print(self, msg: str) -> None:
+        lines = [f"Results: {self.exp_path}" if line.startswith("Result logdir: ") else line
+                 for line in msg.split("\n")]
+        super()._print("\n".join(lines))
 
 
 class MlflowTrialStatus(Callback):
     """Tune callback (driver side): how each trial ended, on its MLflow run.
 
-    * completed without error before its ``train.epochs``: stopped by the scheduler (ASHA):
-      ``echos.asha_stopped=true``, ``echos.status=stopped``, run status KILLED;
+    * completed without error before its ``train.epochs``: stopped by the scheduler (ASHA), an
+      ordinary end: run status FINISHED, ``echos.asha_stopped=true``, ``echos.status=stopped``,
+      ``echos.last_epoch=<the epoch it stopped after>`` and a run description saying so;
     * completed all epochs: ``echos.asha_stopped=false``, ``echos.status=finished``, FINISHED;
     * failed for good (after FailureConfig's retries): ``echos.status=error``, FAILED.
 
-    Marked as each trial ends, and again for every trial when the experiment ends (so a
-    sweep that was interrupted and resumed is consistent too); then the runs of trials that
-    Ray lost in an interruption are dropped (:meth:`drop_orphans`).  Idempotent.
+    Marked as each trial ends, and checked again for every trial when the experiment ends (so a
+    sweep that was interrupted and resumed is consistent too); a run already marked is left as it
+    is, so every run keeps its own end time.  Then the runs of trials that Ray lost in an
+    interruption are dropped (:meth:`drop_orphans`).  Idempotent.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_id: str):
@@ -82,6 +97,8 @@ class MlflowTrialStatus(Callback):
 
     def mark(self, trial_id: str, last_result: Optional[dict], errored: bool) -> Optional[str]:
         """Tag the trial's MLflow run with how it ended; returns the status, or None if it has no run."""
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
         from ..tracking import end_run, find_runs
 
         last = dict(last_result or {})
@@ -96,5 +113,8 @@ class MlflowTrialStatus(Callback):
         tags = {TAG_STATUS: status, TAG_ASHA_STOPPED: "true" if stopped else "false"}
         if last.get("epoch") is not None:
             tags[TAG_LAST_EPOCH] = int(last["epoch"])
+        if stopped:  # shown as the run's description in the UI
+            tags[MLFLOW_RUN_NOTE] = (f"Stopped early by the scheduler (ASHA) after epoch {last.get('epoch')} "
+                                     f"of {last.get('max_epochs')}.")
         end_run(self.tracking_uri, run_id, mlflow_status, tags)
         return status

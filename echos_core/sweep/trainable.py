@@ -11,7 +11,8 @@ One call of :func:`run_trial` is one (configuration, seed) trial:
 3. the trial's MLflow run is the one named in that checkpoint, or else the run tagged with
    this sweep and trial id, or else a new one nested under the sweep's parent run; so a
    trial that starts again never gets a second run, and epochs already logged are skipped;
-4. every epoch: metrics to MLflow (``step = epoch``), then ``ray.tune.report(metrics,
+4. every epoch: metrics to MLflow (``step = epoch``) and the kernel mosaics (``kernels/init_*``
+   once, ``kernels/final_*`` replaced every epoch), then ``ray.tune.report(metrics,
    checkpoint=...)`` with the trainer's self-contained checkpoint folder.  MLflow first:
    when the scheduler stops a trial, the code after its last report never runs.
 
@@ -36,7 +37,8 @@ from ..tracking import (TAG_ASHA_STOPPED, TAG_ERROR, TAG_NODE_HOST, TAG_NODE_ID,
                         TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, environment_tags)
 from .spec import SweepSpec
 
-__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "TRIAL_STATE_FILE",
+__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name", "log_mosaics",
+           "TRIAL_STATE_FILE",
            "REPORT_KEYS"]
 
 TRIAL_STATE_FILE = "echos_trial.json"  # written into every reported checkpoint folder
@@ -68,17 +70,41 @@ def sampled_values(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("__") and k != "seed"}
 
 
+def log_mosaics(run, run_dir: Path, first: bool) -> None:
+    """The trainer's kernel mosaics as artifacts ``kernels/*.png``: ``final_*`` every epoch (replacing the
+    previous epoch's, so a trial the scheduler stops has its own last kernels), ``init_*`` with ``first``."""
+    for png in sorted((run_dir / "kernels").glob("*.png")):
+        if first or png.name.startswith("final_"):
+            run.log_artifact(png, "kernels")
+
+
+def trial_run_name(cfg, spec: SweepSpec, config: dict, trial_id: str) -> str:
+    """What differs between trials first (init and its On fraction, seed, other sampled values),
+    then the model and the trial number: ``dog-on0.25-s1-lr0.0031-convmixer-k5-embedded-00003``.
+    (MLflow's runs table shows the first 20 or so characters of a name.)"""
+    sampled = []
+    for p in spec.params:
+        if p.key in config:
+            for key, value in p.overrides(config[p.key]).items():
+                if not key.startswith("init."):  # the init label says those
+                    short = f"{value:.2g}" if isinstance(value, float) else str(value)
+                    sampled.append(f"{key.rsplit('.', 1)[-1]}{short}")
+    parts = [cfg.init_label(), f"s{cfg.seed}", *sampled, cfg.model_label(), trial_id.rsplit("_", 1)[-1]]
+    return "-".join(parts)
+
+
 def trial_outcome(last_result: dict, errored: bool) -> tuple[str, bool, str]:
     """(echos.status, stopped by the scheduler?, MLflow run status) of a trial that ended.
 
     A trial that ended without error before its own ``train.epochs`` (reported with every result
-    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.
+    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.  It ended
+    normally (FINISHED, tagged as stopped early); only a real failure is FAILED.
     """
     epoch, max_epochs = last_result.get("epoch"), last_result.get("max_epochs")
     if errored:
         return "error", False, "FAILED"
     if epoch is not None and max_epochs is not None and int(epoch) < int(max_epochs):
-        return "stopped", True, "KILLED"
+        return "stopped", True, "FINISHED"
     return "finished", False, "FINISHED"
 
 
@@ -135,14 +161,14 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         TAG_NODE_ID: node_id,
         TAG_NODE_HOST: socket.gethostname(),
     })
-    run_name = f"{cfg.default_run_name()}-{trial_id.rsplit('_', 1)[-1]}"
+    run_name = trial_run_name(cfg, spec, config, trial_id)
     params = config_to_dict(cfg)
     arms = {p.key: config[p.key] for p in spec.params if p.is_arm and p.key in config}
     if arms:  # the arm label as a param too, to group runs by it in MLflow's compare view
         params["arm"] = arms
     run = MlflowRun(ctx.tracking_uri, spec.experiment, run_name, params, tags,
                     parent_run_id=ctx.parent_run_id, run_id=run_id)
-    logged = run.logged_steps("epoch")
+    logged = run.logged_steps()
     if run_id is None:
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -158,6 +184,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                 for name in ("init_report.json", "environment.json"):
                     if (run_dir / name).is_file():
                         run.log_artifact(run_dir / name)
+            log_mosaics(run, run_dir, first=epoch == 1)
         result = {**metrics, **extra}
         if checkpoint_dir is None:
             tune.report(result)
