@@ -152,21 +152,17 @@ def _print_summary(rep, runs, name: str, metric: str) -> None:
 
 def load_analysis(path: str | Path):
     """The declared analysis in ``path``: a sweep spec's ``analysis:`` section, or an ``analysis.yaml``."""
-    import yaml
-
     from ..sweep.analysis_spec import analysis_from_dict
     from ..sweep.spec import load_spec
+    from ..validation import load_yaml
     from .load import ReportError
 
     p = Path(path)
     if not p.is_file():
         raise ReportError(f"--analysis {path}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ReportError(f"--analysis {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    data = load_yaml(p, "--analysis")
     if isinstance(data, dict) and "base" in data:  # a sweep spec
-        an = load_spec(p, check_configs=False).analysis
+        an = load_spec(p).analysis
         if an is None:
             raise ReportError(f"--analysis {path}: the spec has no `analysis:` section")
         return an
