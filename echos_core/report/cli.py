@@ -62,7 +62,10 @@ def register(sub) -> None:
 
 
 def _cmd_other_kernels(args) -> int:
+    from ..validation import check_writable
     from .other_kernels import write_other_kernels
+
+    check_writable("--out", args.out)
 
     out = write_other_kernels(args.sweep_dir, args.out)
     print((out / "summary.md").read_text())
@@ -88,6 +91,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if (args.sweep is None) == (args.from_csv is None):
         raise ReportError("SWEEP: give a sweep name or spec, or --from-csv DIR (exactly one)")
+    if args.out:
+        from ..validation import check_writable
+
+        check_writable("--out", args.out)
     if args.from_csv:
         return _report_from_csv(args)
     name, experiment, spec_uri, spec_path = args.sweep, args.experiment, None, _spec_target(args.sweep)
@@ -103,6 +110,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.analysis:
         analysis = load_analysis(args.analysis)
     tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri)
+    from ..sweep.preflight import check_tracking
+
+    check_tracking(tracking_uri, "--tracking-uri" if args.tracking_uri else "mlflow.tracking_uri", write=False)
 
     from .build import build_report
     from .load import load_sweep
