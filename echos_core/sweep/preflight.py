@@ -146,7 +146,7 @@ def check_tracking(uri: str, field: str, error: type = ConfigError, write: bool 
     if write:
         check_writable(field, path, error=error, what="file" if uri.startswith("sqlite:") else "folder")
     elif not os.path.exists(path):
-        raise error(field, uri, "does not exist (no run was ever logged there)")
+        raise error(field, uri, "is no MLflow store: it does not exist (no run was ever logged there)")
 
 
 def check_storage(storage: str) -> None:

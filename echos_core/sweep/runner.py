@@ -451,6 +451,36 @@ def _driver_lock(storage: str, sweep_id: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# The watchdog (run with ``python -c``): wait for the driver (its parent) to go, then end the Ray processes
+# it started and every descendant of theirs (Ray's agents and trial workers), found through /proc.
+_WATCHDOG = """
+import os, signal, sys, time
+driver, roots = int(sys.argv[1]), {int(p) for p in sys.argv[2:]}
+while os.getppid() == driver:
+    time.sleep(1)
+children = {}
+for d in os.listdir("/proc"):
+    try:
+        stat = open(f"/proc/{d}/stat").read()
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
+    except (OSError, ValueError, IndexError):
+        pass
+todo, tree = list(roots), set()
+while todo:
+    p = todo.pop()
+    if p not in tree:
+        tree.add(p)
+        todo.extend(children.get(p, []))
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for p in tree:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+    time.sleep(3)
+"""
+
+
 def _start_watchdog():
     """A small process that ends the local Ray instance's processes if this driver dies without
     ``ray.shutdown()`` (SIGKILL): a local instance never outlives the driver that started it."""
@@ -460,14 +490,7 @@ def _start_watchdog():
 
     node = ray._private.worker._global_node  # the local head node this driver started
     pids = [p.process.pid for infos in node.all_processes.values() for p in infos if p.process is not None]
-    code = ("import os, signal, sys, time\n"
-            "driver, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]\n"
-            "while os.getppid() == driver: time.sleep(1)\n"
-            "for sig in (signal.SIGTERM, signal.SIGKILL):\n"
-            "    for p in pids:\n"
-            "        try: os.kill(p, sig)\n"
-            "        except OSError: pass\n"
-            "    time.sleep(3)\n")
+    code = _WATCHDOG
     return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), *map(str, pids)],
                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
