@@ -451,32 +451,47 @@ def _driver_lock(storage: str, sweep_id: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# The watchdog (run with ``python -c``): wait for the driver (its parent) to go, then end the Ray processes
-# it started and every descendant of theirs (Ray's agents and trial workers), found through /proc.
+# The watchdog (run with ``python -c``): while the driver (its parent) lives, note every process of the Ray
+# instance it started (the given roots and all their descendants, with their start times, from /proc) once a
+# second; when the driver is gone, end each noted process that is still the same process.
 _WATCHDOG = """
 import os, signal, sys, time
 driver, roots = int(sys.argv[1]), {int(p) for p in sys.argv[2:]}
-while os.getppid() == driver:
-    time.sleep(1)
-children = {}
-for d in os.listdir("/proc"):
-    try:
-        stat = open(f"/proc/{d}/stat").read()
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
-    except (OSError, ValueError, IndexError):
-        pass
-todo, tree = list(roots), set()
-while todo:
-    p = todo.pop()
-    if p not in tree:
-        tree.add(p)
-        todo.extend(children.get(p, []))
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    for p in tree:
+
+def table():
+    out = {}
+    for d in os.listdir("/proc"):
         try:
-            os.kill(p, sig)
-        except OSError:
+            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            out[int(d)] = (int(f[1]), f[19])
+        except (OSError, ValueError, IndexError):
             pass
+    return out
+
+noted = {}
+while True:
+    procs = table()
+    children = {}
+    for c, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(c)
+    todo, seen = list(roots), set()
+    while todo:
+        p = todo.pop()
+        if p in procs and p not in seen:
+            seen.add(p)
+            noted.setdefault(p, procs[p][1])
+            todo.extend(children.get(p, []))
+    if os.getppid() != driver:
+        break
+    time.sleep(1)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    procs = table()
+    for p, start in noted.items():
+        if p in procs and procs[p][1] == start:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
     time.sleep(3)
 """
 
