@@ -216,3 +216,21 @@ def test_second_driver_of_one_sweep_is_refused(tmp_path, monkeypatch, capsys):
 
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()
+
+
+def test_retried_trial_reattaches_cleanly(tmp_path):
+    """A trial run that failed (say, in a tracking outage) and is retried: the stale error tag goes, and the
+    artifacts its run lacks are named for re-logging."""
+    from echos_core.sweep.trainable import _reattach
+    from echos_core.tracking import TAG_ERROR, MlflowRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowRun(uri, "retry", "trial", {"seed": 0}, {TAG_ERROR: "MlflowException: connection refused"})
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    first.log_artifact(tmp_path / "config.yaml")
+    first.end("FAILED")
+    again = MlflowRun(uri, "retry", "trial", {"seed": 0}, {}, run_id=first.run_id)
+    assert _reattach(again, first.run_id) == {"init_report.json", "environment.json"}
+    assert TAG_ERROR not in again.client.get_run(first.run_id).data.tags
+    fresh = MlflowRun(uri, "retry", "other", {"seed": 1}, {})
+    assert _reattach(fresh, None) == {"config.yaml", "init_report.json", "environment.json"}
