@@ -16,7 +16,15 @@ Composition (all of it Ray Tune's and Optuna's own machinery)::
 
 Every sweep run is a Ray experiment ``<storage>/<name>-<YYYYmmdd-HHMMSS>`` (the sweep id) with
 ``echos_sweep.json`` beside Ray's state: the spec as run and the MLflow parent run.  ``--resume``
-picks the newest such folder of this sweep name and calls ``Tuner.restore`` on it.
+picks the newest such folder of this sweep name and calls ``Tuner.restore`` on it.  A new id's folder
+is claimed atomically, and the driver holds ``.echos-driver.lock`` in it while it runs, so two launches
+never share an id and a second driver of one sweep is refused.
+
+:func:`run_sweep` returns the exit status: 0 when every trial finished or was stopped by the scheduler,
+1 when a trial failed for good (named on stderr), 130 when the driver was interrupted (SIGINT/SIGTERM: the
+trials it stopped and the parent run are marked interrupted, never FINISHED).  The parent run never stays
+RUNNING on any other exit path either, and a local Ray instance never outlives its driver (a watchdog
+process ends it if the driver is killed).
 """
 
 from __future__ import annotations
