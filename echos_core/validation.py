@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+from itertools import islice
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +25,19 @@ __all__ = ["ConfigError", "is_int", "is_number", "int_range", "float_range", "ch
 MAX_YAML_NODES = 100_000
 MAX_YAML_BYTES = 4 * 2**20
 
-_REPR = reprlib.Repr()
+class _ShortRepr(reprlib.Repr):
+    """reprlib's bounded repr, keeping a mapping's own key order (reprlib sorts keys)."""
+
+    def repr_dict(self, x: dict, level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}" for k, v in islice(x.items(), self.maxdict)]
+        return "{" + ", ".join(items + (["..."] if len(x) > self.maxdict else [])) + "}"
+
+
+_REPR = _ShortRepr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 12, 12, 12, 12
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 160, 160, 60
 
