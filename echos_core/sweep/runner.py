@@ -195,10 +195,20 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
+        import fcntl
+        import tempfile
+
         num_cpus = spec.num_cpus or os.cpu_count() or 1
-        # address="local": always a fresh instance of our own, never a cluster someone else started here.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
+        # One local start-up at a time on this machine: two drivers launched together would each start
+        # a Ray instance at once, and on a loaded machine one of them times out.
+        with open(Path(tempfile.gettempdir()) / "echos-ray-start.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                # address="local": always a fresh instance of our own, never a cluster someone else started.
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                         object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
     res = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     print(f"ray: {'cluster ' + address if address else 'local instance'}: {len(nodes)} node(s), "
@@ -301,6 +311,7 @@ def _run_with_parent(spec: SweepSpec, sweep_id: str, parent_run_id: Optional[str
     from ..tracking import TAG_ERROR, MlflowRun
 
     exp_path = f"{storage}/{sweep_id}"
+    _create_store(tracking_uri)
     parent = MlflowRun(tracking_uri, spec.experiment, sweep_id, _parent_params(spec),
                        {TAG_SWEEP: spec.name, TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_SWEEP,
                         TAG_STATUS: "running", TAG_STORAGE: exp_path},
@@ -322,6 +333,24 @@ def _run_with_parent(spec: SweepSpec, sweep_id: str, parent_run_id: Optional[str
                      {TAG_STATUS: "interrupted" if interrupted else "error",
                       **({} if interrupted else {TAG_ERROR: " ".join(f"{type(e).__name__}: {e}".split())[:500]})})
         raise
+
+
+def _create_store(tracking_uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock: two drivers starting at once on a new store
+    would otherwise both run MLflow's schema migrations and both fail."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    from ..tracking import mlflow_client
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    with open(db.parent / f".{db.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow_client(tracking_uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _end_quietly(run, status: str, tags: dict) -> None:
