@@ -17,6 +17,7 @@ import logging
 import sys
 
 from .config import ConfigError, InitConfig, apply_overrides, config_from_dict, config_to_dict, describe, load_config
+from .validation import check_writable
 
 __all__ = ["main", "build_parser"]
 
@@ -53,6 +54,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_dict(apply_overrides(load_checkpoint(args.resume)["config"], args.overrides))
     else:
         cfg = load_config(args.config, args.overrides)  # validated: a bad value stops here, before torch loads
+    check_writable("--run-dir" if args.run_dir else "output_dir", args.run_dir or cfg.output_dir)
+    if cfg.mlflow.tracking_uri:
+        from .sweep.preflight import check_tracking
+
+        check_tracking(cfg.mlflow.tracking_uri, "mlflow.tracking_uri")
     from .trainer import train
 
     _log_to_stdout()
@@ -146,6 +152,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
         raise ConfigError("--n", n, "must be >= 2 (a depthwise conv needs more than one channel)")
     if args.seed < 0:
         raise ConfigError("--seed", args.seed, "must be >= 0")
+    check_writable("--out", args.out, what="file")
     init = InitConfig(scheme=args.scheme, gamma_low=args.gamma_low, gamma_high=args.gamma_high,
                       on_ratio=args.on_ratio, scale=args.scale, fraction=args.fraction, noise=args.noise,
                       normalisation=args.normalisation, length_scale=args.length_scale)

@@ -21,7 +21,7 @@ import yaml
 
 from .dog import NORMALISATIONS
 from .registry import scheme_names
-from .validation import ConfigError, choice, float_range, int_range, is_int, nonempty
+from .validation import ConfigError, check_yaml_size, choice, float_range, int_range, is_int, load_yaml, nonempty
 
 __all__ = [
     "ConfigError",
@@ -427,9 +427,11 @@ def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
                 raise ConfigError(item, None, "override must look like key=value (e.g. init.on_ratio=0.25)")
             k, v = item.split("=", 1)
             try:
-                items.append((k.strip(), yaml.safe_load(v) if v != "" else None))
+                value = yaml.safe_load(v) if v != "" else None
             except yaml.YAMLError as e:
                 raise ConfigError(k.strip(), v, f"is not a valid YAML value ({e.__class__.__name__})") from None
+            check_yaml_size(value, k.strip())
+            items.append((k.strip(), value))
     for k, v in items:
         set_dotted(data, k, v)
     return data
@@ -439,13 +441,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | dict |
     """YAML file (optional) + overrides -> validated :class:`Config`."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", str(path), "file does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError("--config", str(path), f"is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = load_yaml(path, "--config") or {}
         if not isinstance(data, dict):
             raise ConfigError("--config", str(path), "must contain a mapping at the top level")
     if overrides:

@@ -58,6 +58,7 @@ __all__ = [
     "TrainResult",
     "train",
     "lr_factor",
+    "check_batch_size",
 ]
 
 log = logging.getLogger("echos")
@@ -312,13 +313,19 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 # --------------------------------------------------------------------------- helpers of train()
 
 
+def check_batch_size(batch_size: int, n_train: int, mixup: bool) -> None:
+    """The batch rules (the trainer's, and a sweep's preflight before Ray starts): a full batch must fit in
+    the training set, and mixup/CutMix pair images, so their batches are even."""
+    if batch_size > n_train:
+        raise ConfigError("train.batch_size", batch_size, f"must be <= the number of training images ({n_train})")
+    if mixup and batch_size % 2:
+        raise ConfigError("train.batch_size", batch_size, "must be even when mixup/CutMix is on (images are paired)")
+
+
 def _steps_per_epoch(tc, data) -> int:
     """Optimiser steps per epoch (full batches only); a batch size the data cannot fill is an error."""
     n_train = len(data.train)
-    if tc.batch_size > n_train:
-        raise ConfigError("train.batch_size", tc.batch_size, f"must be <= the number of training images ({n_train})")
-    if data.mixup_fn is not None and tc.batch_size % 2:
-        raise ConfigError("train.batch_size", tc.batch_size, "must be even when mixup/CutMix is on (images are paired)")
+    check_batch_size(tc.batch_size, n_train, data.mixup_fn is not None)
     steps = n_train // tc.batch_size  # drop_last: every step sees a full batch
     return steps if tc.steps_per_epoch is None else min(steps, tc.steps_per_epoch)
 

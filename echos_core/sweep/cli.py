@@ -29,6 +29,7 @@ def register(sub) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..tracking import resolve_tracking_uri
+    from .preflight import preflight
     from .runner import resolve_storage
     from .smoke import smoke_spec
     from .spec import SpecError, load_spec
@@ -47,7 +48,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         n_checked = check_trainer_configs(spec)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
+    checked = preflight(spec, tracking_uri, storage, args.address)  # data, resources, tracking, storage
     print(describe_spec(spec, tracking_uri, storage, n_checked), flush=True)
+    for line in checked:
+        print(f"preflight: {line}")
     for n in notes:
         print(f"smoke test: {n}")
     if args.dry_run:

@@ -37,9 +37,8 @@ from ..tracking import (TAG_ASHA_STOPPED, TAG_ERROR, TAG_NODE_HOST, TAG_NODE_ID,
                         TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, environment_tags)
 from .spec import SweepSpec
 
-__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name", "log_mosaics",
-           "TRIAL_STATE_FILE",
-           "REPORT_KEYS"]
+__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name",
+           "log_mosaics", "TRIAL_STATE_FILE", "REPORT_KEYS", "trial_dirname", "newest_checkpoint"]
 
 TRIAL_STATE_FILE = "echos_trial.json"  # written into every reported checkpoint folder
 # Keys each report adds to the trainer's metrics (besides them).
@@ -54,6 +53,55 @@ class TrialContext:
     sweep_id: str  # the Ray experiment name, e.g. quick-20250101-120000
     tracking_uri: str  # absolute (a relative SQLite path would follow the trial's working folder)
     parent_run_id: Optional[str] = None
+    storage: Optional[str] = None  # the sweep's Ray storage: a restarted trial looks there for its newest checkpoint
+
+
+def trial_dirname(trial_id: str) -> str:
+    """The folder of a trial inside the sweep's Ray experiment folder."""
+    return f"trial_{trial_id}"
+
+
+def _checkpoint_epoch(fs, path: str) -> int:
+    """The epoch of a reported checkpoint folder (from its TRIAL_STATE_FILE); -1 if it is incomplete."""
+    from ..checkpoint import CHECKPOINT_FILE
+
+    try:
+        if fs.get_file_info(f"{path}/{CHECKPOINT_FILE}").size in (None, 0):
+            return -1
+        with fs.open_input_stream(f"{path}/{TRIAL_STATE_FILE}") as f:
+            return int(json.loads(f.read().decode()).get("epoch", -1))
+    except (OSError, ValueError, TypeError):
+        return -1
+
+
+def newest_checkpoint(given, ctx: "TrialContext", trial_id: str):
+    """Ray's checkpoint of this trial, or a newer one of its own on storage.
+
+    Ray's experiment state is saved every few seconds; a driver killed in between loses the newest
+    checkpoints from that state, but they are on storage all the same, so a resumed trial continues
+    from its newest complete one rather than start over."""
+    if ctx.storage is None:
+        return given
+    import pyarrow.fs
+    from ray import tune
+
+    if "://" in ctx.storage:
+        fs, root = pyarrow.fs.FileSystem.from_uri(ctx.storage)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), ctx.storage
+    best_epoch = _checkpoint_epoch(given.filesystem, given.path) if given is not None else -1
+    best = given
+    folder = f"{root}/{ctx.sweep_id}/{trial_dirname(trial_id)}"
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return given
+    for info in infos:
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            epoch = _checkpoint_epoch(fs, info.path)
+            if epoch > best_epoch:
+                best_epoch, best = epoch, tune.Checkpoint(info.path, filesystem=fs)
+    return best
 
 
 def trial_seed(config: dict, spec: SweepSpec) -> int:
@@ -108,6 +156,20 @@ def trial_outcome(last_result: dict, errored: bool) -> tuple[str, bool, str]:
     return "finished", False, "FINISHED"
 
 
+_TRIAL_ARTIFACTS = ("config.yaml", "init_report.json", "environment.json")
+
+
+def _reattach(run, run_id: Optional[str]) -> set[str]:
+    """The trial artifacts its run still lacks; on a run that is being retried or resumed, the error tag
+    of the failure it recovers from is removed (its status is set to running again)."""
+    if run_id is None:
+        return set(_TRIAL_ARTIFACTS)
+    have = {a.path for a in run.client.list_artifacts(run.run_id)}
+    if TAG_ERROR in run.client.get_run(run.run_id).data.tags:
+        run.client.delete_tag(run.run_id, TAG_ERROR)
+    return {name for name in _TRIAL_ARTIFACTS if name not in have}
+
+
 def run_trial(config: dict, ctx: TrialContext) -> None:
     import ray
     from ray import tune
@@ -133,7 +195,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     # ---- resume from Ray's checkpoint, if any
     resume_from, state = None, {}
-    checkpoint = tune.get_checkpoint()
+    checkpoint = newest_checkpoint(tune.get_checkpoint(), ctx, trial_id)
     if checkpoint is not None:
         restored = trial_dir / "restored"
         shutil.rmtree(restored, ignore_errors=True)
@@ -169,10 +231,12 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     run = MlflowRun(ctx.tracking_uri, spec.experiment, run_name, params, tags,
                     parent_run_id=ctx.parent_run_id, run_id=run_id)
     logged = run.logged_steps()
-    if run_id is None:
+    missing = _reattach(run, run_id)
+    if "config.yaml" in missing:
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         run.log_artifact(trial_dir / "config.yaml")
+        missing.discard("config.yaml")
 
     extra = {"seed": seed, "max_epochs": cfg.train.epochs, "mlflow_run_id": run.run_id, "node_id": node_id}
 
@@ -180,17 +244,17 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         epoch = int(metrics["epoch"])
         if epoch not in logged:
             run.log_epoch(metrics)
-            if epoch == 1:
-                for name in ("init_report.json", "environment.json"):
-                    if (run_dir / name).is_file():
-                        run.log_artifact(run_dir / name)
             log_mosaics(run, run_dir, first=epoch == 1)
+        for name in sorted(missing):  # written by the trainer before its first epoch
+            if (run_dir / name).is_file():
+                run.log_artifact(run_dir / name)
+                missing.discard(name)
         result = {**metrics, **extra}
         if checkpoint_dir is None:
             tune.report(result)
             return
-        (Path(checkpoint_dir) / TRIAL_STATE_FILE).write_text(
-            json.dumps({"mlflow_run_id": run.run_id, "trial_id": trial_id, "sweep_id": ctx.sweep_id}))
+        (Path(checkpoint_dir) / TRIAL_STATE_FILE).write_text(json.dumps(
+            {"mlflow_run_id": run.run_id, "trial_id": trial_id, "sweep_id": ctx.sweep_id, "epoch": epoch}))
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     try:
