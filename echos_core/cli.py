@@ -59,8 +59,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .sweep.preflight import check_tracking
 
         check_tracking(cfg.mlflow.tracking_uri, "mlflow.tracking_uri")
-    from .trainer import train
+    from .data import count_images
+    from .data.transforms import uses_mixup
+    from .trainer import check_batch_size, train
 
+    # the data's counts and the batch rules, before any MLflow run exists (the trainer applies them again)
+    check_batch_size(cfg.train.batch_size, count_images(cfg)[0], uses_mixup(cfg.data.augment))
     _log_to_stdout()
 
     run_kw = dict(run_dir=args.run_dir, resume_from=args.resume, progress=True)
