@@ -178,7 +178,8 @@ def look_at_the_sweep(browser, link: str, parent, trials: dict, shots: Path) -> 
     page.get_by_text(parent.info.run_name).first.wait_for()
     if page.get_by_text("MLflow Assistant").count():  # its side panel takes a third of the width
         page.get_by_role("button", name="Close").first.click()
-    assert page.get_by_role("heading", name="Runs").first.is_visible()  # the runs table, not the GenAI overview
+    # the runs table, not the GenAI overview (waited for: the heading renders after the run names on a loaded machine)
+    page.get_by_role("heading", name="Runs").first.wait_for(state="visible")
     assert page.get_by_text("Tokens").count() == 0
     page.locator('[role=gridcell][col-id="attributes.`Run Name`"] button').first.click()  # unfold the parent
     page.get_by_text(sorted(trials)[0]).first.wait_for()
