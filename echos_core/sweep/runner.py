@@ -141,7 +141,7 @@ def _search_alg(spec: SweepSpec, max_concurrent: int):
         sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, sampler=sampler,
-                            study_name=spec.name)
+                            study_name=spec.name, points_to_evaluate=[dict(pt) for pt in spec.search.points_to_evaluate])
     searcher = Repeater(searcher, repeat=len(spec.seeds), set_index=True)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
@@ -161,8 +161,12 @@ def _scheduler(spec: SweepSpec):
 
     s = spec.scheduler
     if s.type == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor)
+        kwargs = dict(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+        if s.full_budget:
+            from .asha import FullBudgetASHA
+
+            return FullBudgetASHA(spec.search.points_to_evaluate, **kwargs)
+        return ASHAScheduler(**kwargs)
     return FIFOScheduler()
 
 
