@@ -275,6 +275,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
 
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
+    if "://" not in storage:  # Tune's "snapshotting may become a bottleneck", every few seconds of a sweep of
+        # short epochs, is about uploads to remote storage; a local snapshot is one small file write
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         if not is_remote_tracking_uri(tracking_uri):
             print(f"echos: warning: mlflow.tracking_uri {tracking_uri} is not a server; on a cluster every node "
