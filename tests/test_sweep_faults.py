@@ -42,6 +42,14 @@ def _logged_epochs(db: Path) -> dict[str, int]:
     return dict(rows)
 
 
+def _all_runs(uri: str, experiment: str) -> list:
+    from echos_core.tracking import mlflow_client
+
+    client = mlflow_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp is not None else []
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -158,6 +166,12 @@ def test_sigkill_then_resume_continues_from_the_newest_checkpoint(tmp_path):
     assert not left, f"{len(left)} processes of the killed driver's Ray instance still alive after 40 s"
     newest = _checkpoint_epochs(storage)
     (trial,) = newest
+    # the watchdog ended the runs the killed driver left RUNNING: interrupted, KILLED (not running for ever)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _wait_for(lambda: all(r.info.status != "RUNNING" for r in _all_runs(uri, "killed")), 60,
+              "the killed driver's runs to be ended")
+    lost = _all_runs(uri, "killed")
+    assert len(lost) == 2 and {(r.info.status, r.data.tags["echos.status"]) for r in lost} == {("KILLED", "interrupted")}
 
     res = _echos(["sweep", path, "--resume"], cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-4000:]
@@ -165,8 +179,10 @@ def test_sigkill_then_resume_continues_from_the_newest_checkpoint(tmp_path):
     after = reported[reported.index(newest[trial] + 1):]
     assert after == list(range(newest[trial] + 1, 7)), reported  # continued from its newest checkpoint
     assert reported == sorted(set(reported)), reported  # no epoch trained twice
-    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
+    client, parents, trials = _runs(uri, "killed")
     assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_top1")] == [1, 2, 3, 4, 5, 6]
+    assert trials[0].info.status == "FINISHED" and trials[0].data.tags["echos.status"] == "finished"  # reopened
+    assert parents[-1].info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -234,3 +250,22 @@ def test_retried_trial_reattaches_cleanly(tmp_path):
     assert TAG_ERROR not in again.client.get_run(first.run_id).data.tags
     fresh = MlflowRun(uri, "retry", "other", {"seed": 1}, {})
     assert _reattach(fresh, None) == {"config.yaml", "init_report.json", "environment.json"}
+
+
+def test_watchdog_ends_only_the_lost_sweeps_running_runs(tmp_path):
+    from echos_core.sweep.watchdog import end_lost_runs
+    from echos_core.tracking import mlflow_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    exp = client.create_experiment("lost")
+    running = client.create_run(exp, tags={"echos.sweep_id": "s-1"}).info.run_id
+    done = client.create_run(exp, tags={"echos.sweep_id": "s-1"}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    other = client.create_run(exp, tags={"echos.sweep_id": "s-2"}).info.run_id
+    assert end_lost_runs(uri, "lost", "s-1") == 1
+    assert (client.get_run(running).info.status, client.get_run(running).data.tags["echos.status"]) == \
+        ("KILLED", "interrupted")
+    assert client.get_run(done).info.status == "FINISHED" and "echos.status" not in client.get_run(done).data.tags
+    assert client.get_run(other).info.status == "RUNNING"
+    assert end_lost_runs(uri, "lost", "s-1") == 0
