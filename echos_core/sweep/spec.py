@@ -548,65 +548,85 @@ def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
         raise SpecError(f"{where}.type", typ, f"grid parameters need search grid (search is {algorithm}; use choice)")
     if algorithm == "grid" and typ != "grid":
         raise SpecError(f"{where}.type", typ, "must be grid with search grid (every dimension is enumerated)")
-
-    if typ in ("uniform", "loguniform", "int"):
-        _only_keys(spec, ("type", "low", "high") + (("step",) if typ == "int" else ()), where)
-        if typ in ("uniform", "loguniform"):
-            _check_config_key(where, key, spec.get("low"))
-        for b in ("low", "high"):
-            if b not in spec:
-                raise SpecError(f"{where}.{b}", None, f"is required for type {typ}")
-        low, high = spec["low"], spec["high"]
-        if typ == "int":
-            low = _int(spec, "low", f"{where}.low", None)
-            high = _int(spec, "high", f"{where}.high", None)
-            step = _int(spec, "step", f"{where}.step", 1, lo=1)
-            _check_config_key(where, key, low)
-            if low > high:
-                raise SpecError(f"{where}.low", low, f"must be <= high ({high})")
-            if (high - low) % step:
-                raise SpecError(f"{where}.high", high, f"high - low must be a multiple of step ({step}) "
-                                                  f"so that high is reachable from low")
-            return Param(key=key, type=typ, low=low, high=high, step=step)
-        for b, v in (("low", low), ("high", high)):
-            if not is_number(v):
-                raise SpecError(f"{where}.{b}", v, "must be a finite number")
-        if low >= high:
-            raise SpecError(f"{where}.low", low, f"must be < high ({high}); use a constant in base for a single value")
-        if typ == "loguniform" and low <= 0:
-            raise SpecError(f"{where}.low", low, "must be > 0 for loguniform")
-        return Param(key=key, type=typ, low=float(low), high=float(high))
-
-    # choice / grid
+    if typ == "int":
+        return _parse_int_range(key, spec, where)
+    if typ in ("uniform", "loguniform"):
+        return _parse_float_range(key, spec, where, typ)
     _only_keys(spec, ("type", "values"), where)
     values = spec.get("values")
     named = isinstance(values, dict)  # {label: arm, ...}: arms with chosen labels
     if not (isinstance(values, list) or named) or not values:
         raise SpecError(f"{where}.values", values, f"must be a non-empty list (or a mapping of labelled arms) for type {typ}")
+    if named or all(isinstance(v, dict) for v in values):
+        return _parse_arms(key, values, where, typ)
+    return _parse_values(key, values, where, typ)
+
+
+def _required_bounds(spec: dict, where: str, typ: str) -> None:
+    for b in ("low", "high"):
+        if b not in spec:
+            raise SpecError(f"{where}.{b}", None, f"is required for type {typ}")
+
+
+def _parse_int_range(key: str, spec: dict, where: str) -> Param:
+    _only_keys(spec, ("type", "low", "high", "step"), where)
+    _required_bounds(spec, where, "int")
+    low = _int(spec, "low", f"{where}.low", None)
+    high = _int(spec, "high", f"{where}.high", None)
+    step = _int(spec, "step", f"{where}.step", 1, lo=1)
+    _check_config_key(where, key, low)
+    if low > high:
+        raise SpecError(f"{where}.low", low, f"must be <= high ({high})")
+    if (high - low) % step:
+        raise SpecError(f"{where}.high", high, f"high - low must be a multiple of step ({step}) "
+                                          f"so that high is reachable from low")
+    return Param(key=key, type="int", low=low, high=high, step=step)
+
+
+def _parse_float_range(key: str, spec: dict, where: str, typ: str) -> Param:
+    _only_keys(spec, ("type", "low", "high"), where)
+    _check_config_key(where, key, spec.get("low"))
+    _required_bounds(spec, where, typ)
+    low, high = spec["low"], spec["high"]
+    for b, v in (("low", low), ("high", high)):
+        if not is_number(v):
+            raise SpecError(f"{where}.{b}", v, "must be a finite number")
+    if low >= high:
+        raise SpecError(f"{where}.low", low, f"must be < high ({high}); use a constant in base for a single value")
+    if typ == "loguniform" and low <= 0:
+        raise SpecError(f"{where}.low", low, "must be > 0 for loguniform")
+    return Param(key=key, type=typ, low=float(low), high=float(high))
+
+
+def _parse_arms(key: str, values: list | dict, where: str, typ: str) -> Param:
+    """An arm dimension: a list of mappings (labelled from their values) or a mapping {label: arm}."""
+    named = isinstance(values, dict)
     items = list(values.items()) if named else [(None, v) for v in values]
-    if named or all(isinstance(v, dict) for _, v in items):
-        if key in _known_paths():
-            raise SpecError(f"{where}.values", items[0][1], "must be plain values for a config key; mappings of "
-                                                       "several config keys (arms) need a name that is not a config key")
-        arms: dict[str, dict] = {}
-        seen: dict[str, str] = {}
-        for i, (label, arm) in enumerate(items):
-            at = f"{where}.values.{label}" if named else f"{where}.values[{i}]"
-            if named and not (isinstance(label, str) and _NAME.match(label)):
-                raise SpecError(at, label, "an arm label must be letters, digits, '-', '_', '.'")
-            if not isinstance(arm, dict) or not arm:
-                raise SpecError(at, arm, "an arm must be a mapping that sets at least one config key")
-            for k, v in arm.items():
-                _check_config_key(f"{at}.{k}", k, v)
-                if not _scalar(v):
-                    raise SpecError(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
-            label = label if named else arm_label(arm)
-            fingerprint = inline(dict(sorted(arm.items())))
-            if fingerprint in seen or label in arms:
-                raise SpecError(at, arm, "repeats an earlier arm")
-            seen[fingerprint] = label
-            arms[label] = dict(arm)
-        return Param(key=key, type=typ, arms=arms)
+    if key in _known_paths():
+        raise SpecError(f"{where}.values", items[0][1], "must be plain values for a config key; mappings of "
+                                                   "several config keys (arms) need a name that is not a config key")
+    arms: dict[str, dict] = {}
+    seen: set[str] = set()
+    for i, (label, arm) in enumerate(items):
+        at = f"{where}.values.{label}" if named else f"{where}.values[{i}]"
+        if named and not (isinstance(label, str) and _NAME.match(label)):
+            raise SpecError(at, label, "an arm label must be letters, digits, '-', '_', '.'")
+        if not isinstance(arm, dict) or not arm:
+            raise SpecError(at, arm, "an arm must be a mapping that sets at least one config key")
+        for k, v in arm.items():
+            _check_config_key(f"{at}.{k}", k, v)
+            if not _scalar(v):
+                raise SpecError(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
+        label = label if named else arm_label(arm)
+        fingerprint = inline(dict(sorted(arm.items())))
+        if fingerprint in seen or label in arms:
+            raise SpecError(at, arm, "repeats an earlier arm")
+        seen.add(fingerprint)
+        arms[label] = dict(arm)
+    return Param(key=key, type=typ, arms=arms)
+
+
+def _parse_values(key: str, values: list, where: str, typ: str) -> Param:
     for i, v in enumerate(values):
         if isinstance(v, dict):
             raise SpecError(f"{where}.values[{i}]", v, "mixes a mapping (arm) with plain values; use one or the other")
