@@ -481,9 +481,7 @@ def _driver_lock(storage: str, sweep_id: str):
     folder = Path(storage) / sweep_id
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".echos-driver.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(f, fcntl) and not (_held_by_a_watchdog(f) and _lock(f, fcntl, wait=_WATCHDOG_WAIT_S)):
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise SpecError("--resume", sweep_id, f"is being run by another driver ({holder}) on {storage}; "
@@ -496,6 +494,40 @@ def _driver_lock(storage: str, sweep_id: str):
             yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_WATCHDOG_WAIT_S = 60.0  # a killed driver's watchdog ends its Ray processes and runs in about 10 s
+
+
+def _lock(f, fcntl, wait: float = 0.0) -> bool:
+    """Take the exclusive lock on ``f``, trying for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
+def _held_by_a_watchdog(f) -> bool:
+    """Whether the lock's holder is the watchdog of a driver that died (it inherits the lock, and says so
+    in the file once it sees the driver gone; until then the file names the dead driver's pid)."""
+    f.seek(0)
+    holder = f.read().strip()
+    if holder.startswith("the watchdog"):
+        return True
+    parts = holder.split()  # "pid N on HOST"
+    if len(parts) == 4 and parts[0] == "pid" and parts[2] == "on" and parts[3] == socket.gethostname():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, ValueError):
+            return False
+    return False
 
 
 def _start_watchdog(lock, tracking_uri: str, experiment: str, sweep_id: str):
