@@ -2,7 +2,7 @@
 
 Composition (all of it Ray Tune's and Optuna's own machinery)::
 
-    Tuner(with_resources(with_parameters(run_trial, ctx), {cpu, gpu}),
+    Tuner(trial_trainable(spec, ctx),   # run_trial with {cpu, gpu}, or Ray Train workers (sweep/ddp.py)
           TuneConfig(search_alg, scheduler, metric, mode, num_samples),
           RunConfig(storage_path, name=<sweep id>, FailureConfig, CheckpointConfig,
                     callbacks=[MlflowTrialStatus], progress_reporter=CLIReporter))
@@ -32,7 +32,8 @@ from ..tracking import ROLE_SWEEP, TAG_ROLE, TAG_STATUS, TAG_STORAGE, TAG_SWEEP,
 from ..config import flatten
 from .spec import SpecError, SweepSpec
 from .summary import summarise
-from .trainable import TrialContext, run_trial
+from .ddp import trial_trainable
+from .trainable import TrialContext
 
 __all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
 
@@ -194,17 +195,13 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
 
 
 def _check_fits(spec: SweepSpec, address: Optional[str]) -> None:
-    """A trial that no node can hold would wait forever: say so now (exit status 2)."""
+    """A trial that the cluster cannot place would wait forever: say so now (exit status 2)."""
     import ray
 
+    from .placement import check_placement
+
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    where = f"the cluster at {address}" if address else "this machine's Ray instance"
-    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    if spec.cpus > cpus:
-        raise SpecError("resources.cpus", spec.cpus, f"no node of {where} has that many CPUs (largest: {cpus:g})")
-    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-    if spec.gpus > gpus:
-        raise SpecError("resources.gpus", spec.gpus, f"no node of {where} has that many GPUs (largest: {gpus:g})")
+    check_placement(spec, nodes, f"the cluster at {address}" if address else "this machine's Ray instance")
 
 
 def _max_concurrent(spec: SweepSpec) -> int:
@@ -213,9 +210,9 @@ def _max_concurrent(spec: SweepSpec) -> int:
     if spec.max_concurrent:
         return spec.max_concurrent
     res = ray.cluster_resources()
-    fit = res.get("CPU", 1) / spec.cpus
+    fit = res.get("CPU", 1) / spec.trial_cpus
     if spec.gpus:
-        fit = min(fit, res.get("GPU", 0) / spec.gpus)
+        fit = min(fit, res.get("GPU", 0) / spec.trial_gpus)
     return max(1, int(fit))
 
 
@@ -231,6 +228,8 @@ def _parent_params(spec: SweepSpec) -> dict:
         "mode": spec.mode,
         "resources.cpus": spec.cpus,
         "resources.gpus": spec.gpus,
+        "resources.workers": spec.workers,
+        "resources.placement": spec.placement,
     }
     for p in spec.params:
         d[f"space.{p.key}"] = p.describe()
@@ -295,9 +294,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
                 parent.log_artifact(spec.source)
         print(f"{'resuming' if resume else 'starting'} sweep {sweep_id}: {spec.n_trials} trials -> {exp_path}",
               file=out, flush=True)
-        ctx = TrialContext(spec=spec, sweep_id=sweep_id, tracking_uri=tracking_uri, parent_run_id=parent.run_id)
-        resources = {"cpu": spec.cpus, "gpu": spec.gpus}
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+        ctx = TrialContext(spec=spec, sweep_id=sweep_id, tracking_uri=tracking_uri, parent_run_id=parent.run_id,
+                           storage=exp_path)
+        trainable = trial_trainable(spec, ctx)  # one process per trial, or Ray Train's workers (.ddp)
         if resume:
             if not tune.Tuner.can_restore(exp_path):
                 raise SpecError("--resume", sweep_id, f"{exp_path} holds no Ray Tune state to restore (the sweep "
