@@ -14,6 +14,7 @@ id (its own pid); waits are bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -311,10 +312,10 @@ def _ray_nodes(address: str) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A head and a worker node on loopback, 1 CPU each, started with `ray start --block`."""
-    root = tmp_path_factory.mktemp("ray-cluster")
+@contextlib.contextmanager
+def _two_node_cluster(root: Path):
+    """A head and a worker node on loopback, 1 CPU each, started with `ray start --block`:
+    yields (address, [head and worker node ids], the worker node's process)."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
@@ -334,11 +335,18 @@ def ray_cluster(tmp_path_factory):
         _wait_for(lambda: "Ray runtime started" in worker_log.read_text(errors="replace"), 180, "ray worker",
                   worker, worker_log)
         nodes = _wait_for(lambda: (lambda n: n if len(n) == 2 else None)(_ray_nodes(address)), 120, "2 alive nodes")
-        yield address, nodes
+        yield address, nodes, worker
     finally:
         for p in reversed(procs):
             _stop(p)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """The two-node loopback cluster the cluster tests share: (address, node ids)."""
+    with _two_node_cluster(tmp_path_factory.mktemp("ray-cluster")) as (address, nodes, _):
+        yield address, nodes
 
 
 def test_cluster_sweep_logs_over_http_from_both_nodes(tmp_path, mlflow_server, ray_cluster):
@@ -363,6 +371,96 @@ def test_cluster_sweep_logs_over_http_from_both_nodes(tmp_path, mlflow_server, r
     arms = sorted((r.data.params["init.scheme"], r.data.params["init.on_ratio"], r.data.params["seed"])
                   for r in trials)
     assert arms == [("dog", "0.25", "0"), ("dog", "0.25", "1"), ("kaiming", "0.5", "0"), ("kaiming", "0.5", "1")]
+
+
+# --------------------------------------------------------------------------- data-parallel trials (Ray Train)
+
+# A 2-worker trial vs one process with the same global batch and seed, per epoch: absolute
+# differences (top-1 in percent points).  The only differences are summation order and batch
+# norm, which normalises each worker's half batch with its own statistics.
+DDP_TOLERANCE = {"train_loss": 0.05, "val_loss": 0.05, "val_top1": 5.0}
+
+
+def _ddp_spec(name: str, placement: str, cpus: float, epochs: int, fake_size: int) -> dict:
+    spec = _tiny_spec(name, search="grid", scheduler="none", seeds=[0])
+    spec["base"]["data"]["fake_size"] = fake_size
+    spec["base"]["train"].update(epochs=epochs, steps_per_epoch=None, threads=1)
+    spec["resources"] = {"workers": 2, "cpus": cpus, "placement": placement}
+    return spec
+
+
+def test_data_parallel_trial_on_two_nodes_matches_one_process(tmp_path, mlflow_server, ray_cluster):
+    from echos_core.config import config_from_dict
+    from echos_core.trainer import train
+
+    address, node_ids = ray_cluster
+    spec = _ddp_spec("ddp", "STRICT_SPREAD", 0.5, epochs=3, fake_size=128)  # a worker on each node
+    path = _write(tmp_path, spec)
+    dry = _echos(["sweep", path, "--dry-run", "--address", address], cwd=tmp_path)
+    assert dry.returncode == 0 and "2 live node(s) can place a trial of 2 workers" in dry.stdout, dry.stdout[-3000:]
+    t0 = time.time()
+    res = _echos(["sweep", path, "--address", address, "--tracking-uri", mlflow_server,
+                  "--storage-path", tmp_path / "shared"], cwd=tmp_path)
+    ddp_wall = time.time() - t0
+    assert res.returncode == 0, res.stdout[-6000:]
+    assert "1 finished" in res.stdout
+
+    client, parents, trials = _runs(mlflow_server, "ddp")
+    assert len(parents) == 1 and len(trials) == 1  # one MLflow run for the trial, not one per worker
+    run = trials[0]
+    assert _check_trial_run(client, run, parents[0].info.run_id, max_epochs=3) == [1, 2, 3]
+    assert run.data.tags["echos.world_size"] == "2"
+    assert sorted(run.data.tags["echos.nodes"].split(",")) == sorted(node_ids)  # the workers on different nodes
+
+    cfg = config_from_dict({**spec["base"], "seed": 0})
+    t0 = time.time()
+    single = train(cfg, run_dir=tmp_path / "single").history
+    single_wall = time.time() - t0
+    ddp = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in (*DDP_TOLERANCE, "epoch_time_s")}
+    worst = {k: max(abs(a - h[k]) for a, h in zip(ddp[k], single, strict=True)) for k in DDP_TOLERANCE}
+    ratio = sum(ddp["epoch_time_s"]) / sum(h["epoch_time_s"] for h in single)
+    print(f"\ndata-parallel agreement (max |2 workers - 1 process| over 3 epochs): {worst}; epoch time ratio "
+          f"2 workers / 1 process {ratio:.2f}; sweep wall {ddp_wall:.0f} s vs train() {single_wall:.1f} s")
+    for key, tol in DDP_TOLERANCE.items():
+        assert worst[key] <= tol, (key, ddp[key], [h[key] for h in single])
+
+
+def _max_epoch_logged(uri: str, experiment: str) -> int:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    steps = [m.step for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("echos.trial_id")
+             for m in client.get_metric_history(r.info.run_id, "val_top1")]
+    return max(steps, default=0)
+
+
+def test_data_parallel_trial_resumes_after_losing_the_worker_node(tmp_path, mlflow_server):
+    epochs = 12
+    spec = _ddp_spec("ddp-kill", "SPREAD", 0.45, epochs=epochs, fake_size=512)  # both fit on one node too
+    spec["base"]["model"].update(dim=16, depth=2)
+    path = _write(tmp_path, spec)
+    with _two_node_cluster(tmp_path / "cluster") as (address, node_ids, worker):
+        log = tmp_path / "driver.log"
+        driver = _start(ECHOS + ["sweep", path, "--address", address, "--tracking-uri", mlflow_server,
+                                 "--storage-path", tmp_path / "shared"], tmp_path, log)
+        try:
+            _wait_for(lambda: _max_epoch_logged(mlflow_server, "ddp-kill") >= 2, 400, "epoch 2 of the trial",
+                      driver, log)
+            killed_after = _max_epoch_logged(mlflow_server, "ddp-kill")
+            _stop(worker, signal.SIGKILL)  # the worker node and every process on it, hard
+            driver.wait(timeout=600)
+        finally:
+            if driver.poll() is None:
+                _stop(driver)
+    out = log.read_text(errors="replace")
+    assert driver.returncode == 0, out[-6000:]
+    assert killed_after < epochs, "the trial finished before the node was killed: nothing was tested"
+    assert "resumed from" in out, out[-6000:]  # the trainer restarted from a checkpoint, not from scratch
+    client, parents, trials = _runs(mlflow_server, "ddp-kill")
+    assert len(parents) == 1 and len(trials) == 1  # no duplicated run
+    # every epoch logged exactly once, in order, and the run finished
+    assert _check_trial_run(client, trials[0], parents[0].info.run_id, max_epochs=epochs) == list(range(1, epochs + 1))
 
 
 # --------------------------------------------------------------------------- echos ui
