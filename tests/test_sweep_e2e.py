@@ -440,6 +440,7 @@ def test_data_parallel_trial_resumes_after_losing_the_worker_node(tmp_path, mlfl
     spec = _ddp_spec("ddp-kill", "SPREAD", 0.45, epochs=epochs, fake_size=512)  # both fit on one node too
     spec["base"]["model"].update(dim=16, depth=2)
     path = _write(tmp_path, spec)
+    (tmp_path / "cluster").mkdir()
     with _two_node_cluster(tmp_path / "cluster") as (address, node_ids, worker):
         log = tmp_path / "driver.log"
         driver = _start(ECHOS + ["sweep", path, "--address", address, "--tracking-uri", mlflow_server,
