@@ -313,23 +313,25 @@ def _ray_nodes(address: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _two_node_cluster(root: Path):
-    """A head and a worker node on loopback, 1 CPU each, started with `ray start --block`:
+def _two_node_cluster(root: Path, head_cpus: int = 1):
+    """A head (``head_cpus`` CPUs) and a worker node (1 CPU) on loopback, started with `ray start --block`:
     yields (address, [head and worker node ids], the worker node's process)."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats", "--block"]
+    common = ["--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats", "--block"]
     procs = []
     try:
         head_log = root / "head.log"
         head = _start([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                       "--include-dashboard=false", f"--temp-dir={temp}", *common], root, head_log)
+                       "--include-dashboard=false", f"--temp-dir={temp}", f"--num-cpus={head_cpus}", *common],
+                      root, head_log)
         procs.append(head)
         _wait_for(lambda: "Ray runtime started" in head_log.read_text(errors="replace"), 180, "ray head", head, head_log)
         worker_log = root / "worker.log"
-        worker = _start([ray_bin, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
+        worker = _start([ray_bin, "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                         *common],
                         root, worker_log)
         procs.append(worker)
         _wait_for(lambda: "Ray runtime started" in worker_log.read_text(errors="replace"), 180, "ray worker",
@@ -435,13 +437,23 @@ def _max_epoch_logged(uri: str, experiment: str) -> int:
     return max(steps, default=0)
 
 
+def _trial_nodes(uri: str, experiment: str) -> list[str]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp is not None else []
+    return [n for r in runs for n in r.data.tags.get("echos.nodes", "").split(",") if n]
+
+
 def test_data_parallel_trial_resumes_after_losing_the_worker_node(tmp_path, mlflow_server):
+    """The worker node dies mid-trial; the trial goes on on the head alone (2 CPUs: room for both
+    workers, and for the bundle a dead trial process may leave held: Ray Train's placement-group
+    cleaner needs the dashboard, which this cluster does not run)."""
     epochs = 12
-    spec = _ddp_spec("ddp-kill", "SPREAD", 0.45, epochs=epochs, fake_size=512)  # both fit on one node too
+    spec = _ddp_spec("ddp-kill", "SPREAD", 0.45, epochs=epochs, fake_size=512)
     spec["base"]["model"].update(dim=16, depth=2)
     path = _write(tmp_path, spec)
     (tmp_path / "cluster").mkdir()
-    with _two_node_cluster(tmp_path / "cluster") as (address, node_ids, worker):
+    with _two_node_cluster(tmp_path / "cluster", head_cpus=2) as (address, node_ids, worker):
         log = tmp_path / "driver.log"
         driver = _start(ECHOS + ["sweep", path, "--address", address, "--tracking-uri", mlflow_server,
                                  "--storage-path", tmp_path / "shared"], tmp_path, log)
@@ -449,6 +461,7 @@ def test_data_parallel_trial_resumes_after_losing_the_worker_node(tmp_path, mlfl
             _wait_for(lambda: _max_epoch_logged(mlflow_server, "ddp-kill") >= 2, 400, "epoch 2 of the trial",
                       driver, log)
             killed_after = _max_epoch_logged(mlflow_server, "ddp-kill")
+            assert sorted(_trial_nodes(mlflow_server, "ddp-kill")) == sorted(node_ids)  # a worker on each node
             _stop(worker, signal.SIGKILL)  # the worker node and every process on it, hard
             driver.wait(timeout=600)
         finally:
