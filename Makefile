@@ -2,7 +2,7 @@
 # uv (from PyPI, if missing) and then the exact locked stack from uv.lock into .venv.
 UV ?= python3 -m uv
 
-.PHONY: bootstrap demo test test-fast results bench fashion-mnist
+.PHONY: bootstrap demo test test-fast results results-v1 results-v2 bench fashion-mnist
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -19,14 +19,26 @@ test: bootstrap
 test-fast: bootstrap
 	$(UV) run --frozen pytest -m "not slow"
 
-## Regenerate everything in results/ (about 1.5 hours on 2 CPU cores): the On/Off study and the
-## digits study (Ray Tune sweeps logged to ./mlflow.db), their reports, and the "other"-kernel analysis.
-results: bootstrap
+## Regenerate everything in results/: the first study (results-v1) and the version-2 studies (results-v2).
+results: results-v1 results-v2
+
+## The first study (about 1.5 hours on 2 CPU cores): the On/Off study and the digits study (Ray Tune sweeps
+## logged to ./mlflow.db), their reports, and the "other"-kernel analysis.
+results-v1: bootstrap
 	$(UV) run --frozen echos sweep sweeps/onoff_ratio.yaml
 	$(UV) run --frozen echos report sweeps/onoff_ratio.yaml --out results
 	$(UV) run --frozen echos other-kernels onoff_ratio --out results/other_kernels
 	$(UV) run --frozen echos sweep sweeps/digits.yaml
 	$(UV) run --frozen echos report sweeps/digits.yaml --out results
+
+## The version-2 E/I studies (results/v2/PLAN.md; durations measured there): the Fashion-MNIST pilot, then the
+## four declared studies, each a fixed-budget grid with 10 paired seeds, each report into results/v2/NAME/.
+V2_STUDIES = pilot_fashion ei_fashion_convmixer ei_digits_small ei_fashion_convnext ei_embedded_match
+results-v2: bootstrap fashion-mnist
+	@for s in $(V2_STUDIES); do \
+	  $(UV) run --frozen echos sweep sweeps/v2/$$s.yaml && \
+	  $(UV) run --frozen echos report sweeps/v2/$$s.yaml --out results/v2 || exit 1; \
+	done
 
 ## Fashion-MNIST (data.name: fashion_mnist) from Debian's dataset-fashion-mnist package, installed with apt when
 ## missing. Without apt: put the four idx files (plain or .gz) in a folder and set data.root, or data.download: true.

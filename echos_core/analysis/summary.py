@@ -105,62 +105,74 @@ def analyse_layers(layers: list[LayerKernels], *, n_clusters: int = 3, normalise
     """
     check_normalisation(normalise)  # before any fit
     layers = [layer for layer in layers if len(layer)]
-    if per_layer:
-        groups = [[i] for i in range(len(layers))]
-    else:
-        by_k: dict[int, list[int]] = {}
-        for i, layer in enumerate(layers):
-            by_k.setdefault(layer.kernel_size, []).append(i)
-        groups = [by_k[k] for k in sorted(by_k)]
-
+    cluster_args = dict(n_clusters=n_clusters, normalise=normalise, sign_symmetric=sign_symmetric,
+                        threshold=threshold, unique_names=unique_names, seed=seed, n_init=n_init)
     per: dict[int, dict[str, np.ndarray]] = {}
     records = []
-    for g, members in enumerate(groups):
-        w = np.concatenate([layers[i].kernels for i in members]).astype(np.float64)
-        fit = fit_dog(w)
-        csi = centre_surround_index(w, fit=fit)
-        cl = cluster_kernels(w, n_clusters, normalise, sign_symmetric=sign_symmetric, threshold=threshold,
-                             unique_names=unique_names, seed=seed, n_init=n_init, csi=csi)
-        shapes = fit_shapes(w, min_r2=min_shape_r2)
-        other = cl.labels == "other"
-        kind, k = layers[members[0]].kind, layers[members[0]].kernel_size
-        records.append({
-            "kind": kind, "kernel_size": k, "layers": [layers[i].name for i in members], "kernels": len(w),
-            "threshold": cl.threshold, "names": cl.names, "cluster_csi": cl.cluster_csi.tolist(),
-            "sizes": cl.sizes.tolist(),
-            "centroids": np.round(cl.centroids, 5).tolist(),
-            "other_shapes": shapes.fractions(other) if other.any() else {},
-        })
-        start = 0
-        for i in members:
-            n = len(layers[i])
-            sl = slice(start, start + n)
-            start += n
-            per[i] = {
-                "layer": np.full(n, layers[i].name, dtype=object), "index": layers[i].index,
-                "kernel_size": np.full(n, k), "group": np.full(n, g), "cluster": cl.cluster[sl],
-                "label": cl.labels[sl], "csi": csi[sl], "csi_fixed": centre_surround_index(layers[i].kernels, "fixed"),
-                "dog_gamma": fit.gamma[sl], "dog_amplitude": fit.amplitude[sl], "dog_r2": fit.r2[sl],
-                "shape": shapes.family[sl], "shape_r2": shapes.r2[sl],
-                "shape_size": shapes.params[sl, 0], "shape_theta_deg": np.degrees(shapes.params[sl, 1]),
-            }
-
-    summaries = []
-    for i, layer in enumerate(layers):
-        p = per[i]
-        cs = p["label"] != "other"
-        fam = p["shape"]
-        summaries.append(LayerSummary(
-            kind=layer.kind, layer=layer.name, kernel_size=layer.kernel_size, kernels=len(layer), total=layer.total,
-            **{name: float(np.mean(p["label"] == name)) for name in LABELS},
-            csi_mean=float(p["csi"].mean()), csi_abs_mean=float(np.abs(p["csi"]).mean()),
-            dog_r2_mean=float(p["dog_r2"].mean()),
-            dog_gamma_median=float(np.median(p["dog_gamma"][cs])) if cs.any() else float("nan"),
-            shapes={f: float(np.mean(fam == f)) for f in (*FAMILIES, "none")},
-        ))
+    for g, members in enumerate(_layer_groups(layers, per_layer)):
+        record, arrays = _analyse_group(g, [layers[i] for i in members], cluster_args, min_shape_r2)
+        records.append(record)
+        per.update(zip(members, arrays))
+    summaries = [_layer_summary(layer, per[i]) for i, layer in enumerate(layers)]
     keys = list(per[0]) if per else []
     flat = {key: np.concatenate([per[i][key] for i in range(len(layers))]) for key in keys}
     return summaries, records, flat, [layer.kernels for layer in layers]
+
+
+def _layer_groups(layers: list[LayerKernels], per_layer: bool) -> list[list[int]]:
+    """Indices of the layers clustered together: each layer alone, or all layers of one kernel size."""
+    if per_layer:
+        return [[i] for i in range(len(layers))]
+    by_k: dict[int, list[int]] = {}
+    for i, layer in enumerate(layers):
+        by_k.setdefault(layer.kernel_size, []).append(i)
+    return [by_k[k] for k in sorted(by_k)]
+
+
+def _analyse_group(g: int, members: list[LayerKernels], cluster_args: dict, min_shape_r2: float
+                   ) -> tuple[dict, list[dict[str, np.ndarray]]]:
+    """One group's cluster record and, per member layer, its per-kernel arrays."""
+    w = np.concatenate([layer.kernels for layer in members]).astype(np.float64)
+    fit = fit_dog(w)
+    csi = centre_surround_index(w, fit=fit)
+    cl = cluster_kernels(w, csi=csi, **cluster_args)
+    shapes = fit_shapes(w, min_r2=min_shape_r2)
+    other = cl.labels == "other"
+    k = members[0].kernel_size
+    record = {
+        "kind": members[0].kind, "kernel_size": k, "layers": [layer.name for layer in members], "kernels": len(w),
+        "threshold": cl.threshold, "names": cl.names, "cluster_csi": cl.cluster_csi.tolist(),
+        "sizes": cl.sizes.tolist(),
+        "centroids": np.round(cl.centroids, 5).tolist(),
+        "other_shapes": shapes.fractions(other) if other.any() else {},
+    }
+    arrays, start = [], 0
+    for layer in members:
+        n = len(layer)
+        sl = slice(start, start + n)
+        start += n
+        arrays.append({
+            "layer": np.full(n, layer.name, dtype=object), "index": layer.index,
+            "kernel_size": np.full(n, k), "group": np.full(n, g), "cluster": cl.cluster[sl],
+            "label": cl.labels[sl], "csi": csi[sl], "csi_fixed": centre_surround_index(layer.kernels, "fixed"),
+            "dog_gamma": fit.gamma[sl], "dog_amplitude": fit.amplitude[sl], "dog_r2": fit.r2[sl],
+            "shape": shapes.family[sl], "shape_r2": shapes.r2[sl],
+            "shape_size": shapes.params[sl, 0], "shape_theta_deg": np.degrees(shapes.params[sl, 1]),
+        })
+    return record, arrays
+
+
+def _layer_summary(layer: LayerKernels, p: dict[str, np.ndarray]) -> LayerSummary:
+    cs = p["label"] != "other"
+    fam = p["shape"]
+    return LayerSummary(
+        kind=layer.kind, layer=layer.name, kernel_size=layer.kernel_size, kernels=len(layer), total=layer.total,
+        **{name: float(np.mean(p["label"] == name)) for name in LABELS},
+        csi_mean=float(p["csi"].mean()), csi_abs_mean=float(np.abs(p["csi"]).mean()),
+        dog_r2_mean=float(p["dog_r2"].mean()),
+        dog_gamma_median=float(np.median(p["dog_gamma"][cs])) if cs.any() else float("nan"),
+        shapes={f: float(np.mean(fam == f)) for f in (*FAMILIES, "none")},
+    )
 
 
 def analyse_model(model: nn.Module, *, dense: bool = True, dense_per_layer: int = 256, seed: int = 0,

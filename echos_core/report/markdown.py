@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import pandas as pd
@@ -116,15 +117,50 @@ def _unique(trials: pd.DataFrame, col: str) -> list[str]:
                    if v is not None and not (isinstance(v, float) and math.isnan(v))})
 
 
+@dataclass
+class _Doc:
+    """A report being written: its lines, and the sentences its tables leave for the conclusion."""
+
+    rep: "Report"
+    metric: str
+    d: int
+    unit: str
+    lines: list[str] = field(default_factory=list)
+    claims: list[str] = field(default_factory=list)
+    nulls: list[str] = field(default_factory=list)
+    trends: list[str] = field(default_factory=list)
+
+    def w(self, line: str = "") -> None:
+        self.lines.append(line)
+
+    @property
+    def has_dog(self) -> bool:
+        t = self.rep.trials
+        return "init.scheme" in t.columns and bool((t["init.scheme"] == "dog").any())
+
+    @property
+    def exploratory(self) -> str:
+        return " (exploratory)" if self.rep.declared is not None else ""
+
+
 def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[str] = None,
                   rerun_command: Optional[str] = None) -> str:
-    runs, trials, metric = rep.runs, rep.trials, rep.runs.metric
-    d = 2 if metric.startswith("val_top") else 4
-    unit = " points" if metric.startswith("val_top") else ""
-    L: list[str] = []
-    w = L.append
+    metric = rep.runs.metric
+    top = metric.startswith("val_top")
+    doc = _Doc(rep, metric, 2 if top else 4, " points" if top else "")
+    _header(doc, command, rerun_command)
+    _what_was_run(doc)
+    _per_arm(doc)
+    _against_baselines(doc)
+    _on_ratio(doc)
+    _conclusion(doc)
+    _rules(doc)
+    _figures_and_files(doc, figures)
+    return "\n".join(doc.lines)
 
-    # ---------------------------------------------------------------- header
+
+def _header(doc: _Doc, command: Optional[str], rerun_command: Optional[str]) -> None:
+    runs, w = doc.rep.runs, doc.w
     w(f"# Sweep report: `{runs.sweep}`")
     w("")
     if runs.from_csv:
@@ -138,7 +174,7 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
       f"{'s' if len(runs.sweep_ids) > 1 else ''} {', '.join(f'`{s}`' for s in runs.sweep_ids) or '(untagged)'}"
       + (f" (of {len(runs.all_sweep_ids)} in this experiment: {', '.join(f'`{s}`' for s in runs.all_sweep_ids)})"
          if len(runs.all_sweep_ids) > 1 else "") + ".")
-    w(f"Analysed metric: final `{metric}` ({'lower' if lower_is_better(metric) else 'higher'} is better). "
+    w(f"Analysed metric: final `{doc.metric}` ({'lower' if lower_is_better(doc.metric) else 'higher'} is better). "
       f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.")
     w("")
     if command:
@@ -148,23 +184,27 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
           + (" (the spec as run is an artifact of the sweep's parent run"
              f" `{runs.parents[0]['run_id']}`)" if runs.parents else ""))
     w("")
-    if rep.declared is not None:
-        L += render_declared(rep.declared, metric)
+    if doc.rep.declared is not None:
+        doc.lines += render_declared(doc.rep.declared, doc.metric)
     else:
         w("No analysis was declared in the spec (no `analysis:` section): every comparison below is exploratory.")
         w("")
 
-    # ---------------------------------------------------------------- what was run
-    n = len(trials)
-    n_complete = int(trials["complete"].astype(bool).sum())
-    n_stopped = int(trials["asha_stopped"].astype(bool).sum())
-    n_other = n - n_complete - n_stopped
+
+def _counts(trials: pd.DataFrame) -> tuple[int, int, int]:
+    """(trials, complete, stopped early by ASHA)."""
+    return (len(trials), int(trials["complete"].astype(bool).sum()), int(trials["asha_stopped"].astype(bool).sum()))
+
+
+def _what_was_run(doc: _Doc) -> None:
+    rep, trials, w = doc.rep, doc.rep.trials, doc.w
+    n, n_complete, n_stopped = _counts(trials)
     n_repeats = int(rep.arms["n_repeats"].sum()) if not rep.arms.empty else 0
-    pp = runs.parents[0]["params"] if runs.parents else {}
+    pp = rep.runs.parents[0]["params"] if rep.runs.parents else {}
     w("## What was run")
     w("")
-    w(f"- **Trials**: {n} ({n_complete} complete, {n_stopped} stopped early by ASHA, {n_other} failed or "
-      f"unfinished){f'; {n_repeats} repeats of a seed already counted were set aside' if n_repeats else ''}. "
+    w(f"- **Trials**: {n} ({n_complete} complete, {n_stopped} stopped early by ASHA, {n - n_complete - n_stopped} "
+      f"failed or unfinished){f'; {n_repeats} repeats of a seed already counted were set aside' if n_repeats else ''}. "
       "ASHA-stopped trials are counted in the tables but excluded from every final-value claim.")
     w(f"- **Arms** (config minus seed): {len(rep.arms)}; varying keys: "
       f"{', '.join(f'`{k}`' for k in trials.attrs.get('arm_keys', [])) or '(none)'}.")
@@ -181,14 +221,7 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
       f"lr {_values(trials, 'train.lr')}, weight decay {_values(trials, 'train.weight_decay')}, "
       f"steps per epoch cap {_values(trials, 'train.steps_per_epoch')}, device {_values(trials, 'train.device')}, "
       f"amp {_values(trials, 'train.amp')}.")
-    has_dog = "init.scheme" in trials.columns and bool((trials["init.scheme"] == "dog").any())
-    w(f"- **Init schemes**: {_values(trials, 'init.scheme')}."
-      + (f" DoG: on_ratio {_values(trials, 'init.on_ratio', 'dog')}, gamma in "
-         f"[{_values(trials, 'init.gamma_low', 'dog')}, {_values(trials, 'init.gamma_high', 'dog')}], "
-         f"**scale rule {_values(trials, 'init.scale', 'dog')}**, normalisation "
-         f"{_values(trials, 'init.normalisation', 'dog')}, "
-         f"fraction replaced {_values(trials, 'init.fraction', 'dog')}, "
-         f"noise {_values(trials, 'init.noise', 'dog')}." if has_dog else ""))
+    w(f"- **Init schemes**: {_values(trials, 'init.scheme')}." + (_dog_settings(trials) if doc.has_dog else ""))
     w(f"- **Hardware**: {_hardware(trials)}.")
     w(f"- **Software**: {_software(trials)}.")
     revs = _unique(trials, "git_revision")
@@ -199,99 +232,123 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
       + (" (**several revisions in one report**)" if len(revs) > 1 else "") + ".")
     w("")
 
-    # ---------------------------------------------------------------- per arm
-    w(f"## Final `{metric}` per arm")
+
+def _dog_settings(trials: pd.DataFrame) -> str:
+    return (f" DoG: on_ratio {_values(trials, 'init.on_ratio', 'dog')}, gamma in "
+            f"[{_values(trials, 'init.gamma_low', 'dog')}, {_values(trials, 'init.gamma_high', 'dog')}], "
+            f"**scale rule {_values(trials, 'init.scale', 'dog')}**, normalisation "
+            f"{_values(trials, 'init.normalisation', 'dog')}, "
+            f"fraction replaced {_values(trials, 'init.fraction', 'dog')}, "
+            f"noise {_values(trials, 'init.noise', 'dog')}.")
+
+
+def _per_arm(doc: _Doc) -> None:
+    w, d = doc.w, doc.d
+    w(f"## Final `{doc.metric}` per arm")
     w("")
-    w(f"Final = `{metric}` at the last epoch of a complete trial (all `train.epochs` run). "
+    w(f"Final = `{doc.metric}` at the last epoch of a complete trial (all `train.epochs` run). "
       f"n = complete trials (one per seed); sd over seeds; {CONFIDENCE:.0%} CI = t-interval of the mean, "
       "t(0.975, n-1) sd/sqrt(n).")
     w("")
     rows = [[f"`{r.arm}`", r.n_trials, r.n_asha_stopped, r.n_incomplete, r.n, _num(r["mean"], d), _num(r.sd, d),
-             _ci(r.ci_low, r.ci_high, d), r.seeds or "–"] for _, r in rep.arms.iterrows()]
-    L += _table(["arm", "trials", "ASHA-stopped", "failed/unfinished", "n", "mean", "sd", "95% CI", "seeds"], rows)
+             _ci(r.ci_low, r.ci_high, d), r.seeds or "–"] for _, r in doc.rep.arms.iterrows()]
+    doc.lines += _table(["arm", "trials", "ASHA-stopped", "failed/unfinished", "n", "mean", "sd", "95% CI", "seeds"],
+                        rows)
     w("")
 
-    # ---------------------------------------------------------------- paired vs baselines
-    family = rep.n_comparisons
-    w("## Paired differences against the baselines" + (" (exploratory)" if rep.declared is not None else ""))
+
+def _against_baselines(doc: _Doc) -> None:
+    rep, trials, w = doc.rep, doc.rep.trials, doc.w
+    w("## Paired differences against the baselines" + doc.exploratory)
     w("")
     w(f"d = arm − baseline per seed (same seed: same data subset and order; only the depthwise init differs), "
       f"over the seeds both completed, baseline run with the same non-init config. Mean, sd and {CONFIDENCE:.0%} "
-      f"t-interval of the mean of d ({unit.strip() or 'metric units'}); p = paired t-test; Holm = p adjusted over all "
-      f"{family} comparisons in this report.")
+      f"t-interval of the mean of d ({doc.unit.strip() or 'metric units'}); p = paired t-test; Holm = p adjusted "
+      f"over all {rep.n_comparisons} comparisons in this report.")
     w("")
-    claims: list[str] = []
-    nulls: list[str] = []
     for b in rep.baselines:
         if "init.scheme" not in trials.columns or not (trials["init.scheme"] == b).any():
             w(f"- baseline `{b}`: not run in this sweep.")
     if not rep.paired.empty:
         w("")
-        L += _paired_table(rep.paired, "baseline", metric, d, unit, claims, nulls)
-    elif has_dog:
+        doc.lines += _paired_table(rep.paired, "baseline", doc)
+    elif doc.has_dog:
         w("- No DoG arm has a baseline arm with the same non-init config and shared seeds: no paired comparison.")
     w("")
 
-    # ---------------------------------------------------------------- on_ratio
+
+def _on_ratio(doc: _Doc) -> None:
+    rep, w = doc.rep, doc.w
     ref = rep.reference_on_ratio
-    w("## The On/Off balance (`init.on_ratio`)" + (" (exploratory)" if rep.declared is not None else ""))
+    w("## The On/Off balance (`init.on_ratio`)" + doc.exploratory)
     w("")
     if not rep.contrasts.empty:
         w(f"Each DoG arm against the DoG arm that differs only in on_ratio = {ref:g} (the paper's 50/50), "
           "paired by seed.")
         w("")
-        L += _paired_table(rep.contrasts, "reference", metric, d, unit, claims, nulls)
+        doc.lines += _paired_table(rep.contrasts, "reference", doc)
         w("")
-    elif has_dog:
+    elif doc.has_dog:
         w(f"No paired contrast against on_ratio = {ref:g}: on_ratio was not varied, or {ref:g} was not run.")
         w("")
-    trend_lines: list[str] = []
     if not rep.trend.empty:
-        w("Regression of the final value on on_ratio over the complete DoG trials (each trial one point; seed effects "
-          "left in the residual, so these intervals are conservative). Slope = change from all-Off (0) to all-On (1); "
-          "curvature = the x² coefficient of a quadratic fit. Both describe the on_ratio values run: no optimum "
-          "between or beyond them is read off the fit.")
-        w("")
-        rows = []
-        for _, r in rep.trend.iterrows():
-            rows.append([r.context, r.n, r.n_ratios, _num(r.slope, d), _ci(r.slope_ci_low, r.slope_ci_high, d),
-                         _p(r.slope_p), _num(r.r2, 3), _num(r.curvature, d),
-                         _ci(r.curvature_ci_low, r.curvature_ci_high, d), _p(r.curvature_p)])
-            trend_lines.append(_trend_sentence(r, metric, d, unit))
-        L += _table(["context", "trials", "ratios", "slope", "95% CI", "p", "R²", "curvature", "95% CI", "p"], rows)
-        w("")
-    elif has_dog:
+        _trend_table(doc)
+    elif doc.has_dog:
         w("No trend test: fewer than 2 on_ratio values (or 3 complete DoG trials) per context.")
         w("")
 
-    # ---------------------------------------------------------------- conclusion
+
+def _trend_table(doc: _Doc) -> None:
+    d = doc.d
+    doc.w("Regression of the final value on on_ratio over the complete DoG trials (each trial one point; seed "
+          "effects left in the residual, so these intervals are conservative). Slope = change from all-Off (0) to "
+          "all-On (1); curvature = the x² coefficient of a quadratic fit. Both describe the on_ratio values run: no "
+          "optimum between or beyond them is read off the fit.")
+    doc.w("")
+    rows = []
+    for _, r in doc.rep.trend.iterrows():
+        rows.append([r.context, r.n, r.n_ratios, _num(r.slope, d), _ci(r.slope_ci_low, r.slope_ci_high, d),
+                     _p(r.slope_p), _num(r.r2, 3), _num(r.curvature, d),
+                     _ci(r.curvature_ci_low, r.curvature_ci_high, d), _p(r.curvature_p)])
+        doc.trends.append(_trend_sentence(r, doc.metric, d, doc.unit))
+    doc.lines += _table(["context", "trials", "ratios", "slope", "95% CI", "p", "R²", "curvature", "95% CI", "p"],
+                        rows)
+    doc.w("")
+
+
+def _conclusion(doc: _Doc) -> None:
+    rep, w = doc.rep, doc.w
+    _, n_complete, n_stopped = _counts(rep.trials)
+    family = rep.n_comparisons
     w("## Conclusion")
     w("")
     if rep.declared is not None:
         w(f"- The primary result (first section): {rep.declared.primary.verdict}. The lines below are exploratory.")
     if n_complete == 0:
         w("- No trial completed: there is no final value to compare. Nothing can be concluded.")
-    for c in claims:
+    for c in doc.claims:
         w(f"- {c}")
-    if nulls:
-        w(f"- {'; '.join(nulls)}.")
-    for t in trend_lines:
+    if doc.nulls:
+        w(f"- {'; '.join(doc.nulls)}.")
+    for t in doc.trends:
         w(f"- {t}")
     if family > 1:
         w(f"- Multiple comparisons: {family} paired comparisons were made; a difference is claimed above only when "
-          f"its Holm-adjusted p is below {_ALPHA:g} ({len(claims)} of {family}).")
+          f"its Holm-adjusted p is below {_ALPHA:g} ({len(doc.claims)} of {family}).")
     small = rep.arms[(rep.arms["n"] > 0) & (rep.arms["n"] < 3)]
     if not small.empty:
         w(f"- {len(small)} arm{'s have' if len(small) != 1 else ' has'} fewer than 3 complete seeds: intervals are "
           "wide or missing, and a null result there says little. Run more seeds before drawing conclusions.")
     if n_stopped:
         w(f"- {n_stopped} trial{'s were' if n_stopped != 1 else ' was'} stopped early by ASHA and "
-          f"{'are' if n_stopped != 1 else 'is'} not evidence about final {metric}.")
-    if not claims and not nulls and n_complete:
+          f"{'are' if n_stopped != 1 else 'is'} not evidence about final {doc.metric}.")
+    if not doc.claims and not doc.nulls and n_complete:
         w("- No paired comparison was possible; the per-arm table above is descriptive only.")
     w("")
 
-    # ---------------------------------------------------------------- rules, figures, files
+
+def _rules(doc: _Doc) -> None:
+    w = doc.w
     w("## Rules used")
     w("")
     w(f"- A paired difference is claimed (higher / lower) only when its Holm-adjusted p is below {_ALPHA:g} (one "
@@ -305,6 +362,10 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     w("- Arm = config minus seed, over the keys that vary; init keys a scheme does not read (e.g. on_ratio for "
       "kaiming) are ignored.")
     w("")
+
+
+def _figures_and_files(doc: _Doc, figures: Sequence[str]) -> None:
+    runs, w = doc.rep.runs, doc.w
     if figures:
         w("## Figures")
         w("")
@@ -316,13 +377,12 @@ def render_report(rep: "Report", figures: Sequence[str] = (), command: Optional[
     w("- `trials.csv`: one row per trial (run id, arm, seed, status, ASHA flag, epochs, final and best metrics, "
       "tags, every config key)" + ("" if runs.curves.empty else "; `epochs.csv`: every trial's metrics per epoch "
                                    "(run id, arm, seed, epoch, one column per metric)"))
-    if rep.declared is not None:
+    if doc.rep.declared is not None:
         w("- `analysis.yaml`: the declared analysis; `declared.csv`: its results (estimate, 95% CI, p, Holm p, "
           "TOST p, detectable difference, verdict)")
     w(f"- Rebuild every table and figure from these CSVs alone: `echos report --from-csv {runs.from_csv or '<this folder>'}`")
     w("- `arms.csv`: the per-arm table; `paired.csv`: every paired comparison (with Holm p)")
     w("")
-    return "\n".join(L)
 
 
 def _sentence(r: pd.Series, text: str, claimed: bool, claims: list[str], nulls: list[str], d: int, unit: str) -> None:
@@ -355,13 +415,13 @@ def _trend_sentence(r: pd.Series, metric: str, d: int, unit: str) -> str:
     return s
 
 
-def _paired_table(frame, against: str, metric: str, d: int, unit: str,
-                  claims: list[str], nulls: list[str]) -> list[str]:
-    """Markdown table of paired comparisons (one row each); their conclusion sentences go to claims/nulls."""
-    rows = []
+def _paired_table(frame: pd.DataFrame, against: str, doc: _Doc) -> list[str]:
+    """Markdown table of paired comparisons (one row each); their conclusion sentences go to the doc's claims
+    and nulls."""
+    d, rows = doc.d, []
     for _, r in frame.iterrows():
-        text, claimed = verdict(r, metric)
+        text, claimed = verdict(r, doc.metric)
         rows.append([f"`{r.arm}`", f"`{r.baseline}`", r.n_pairs, _num(r.mean_diff, d), _num(r.sd_diff, d),
                      _ci(r.ci_low, r.ci_high, d), _p(r.p), _p(r.p_holm), text])
-        _sentence(r, text, claimed, claims, nulls, d, unit)
+        _sentence(r, text, claimed, doc.claims, doc.nulls, d, doc.unit)
     return _table(["arm", against, "pairs", "mean d", "sd d", "95% CI of d", "p", "p (Holm)", "verdict"], rows)

@@ -17,6 +17,8 @@ Legends sit outside the axes, never over the data.  Only complete trials
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 from typing import Sequence
 
@@ -72,6 +74,17 @@ def plot_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], path: str | Path
     return _save(figure_metric_vs(trials, x_keys, metric, title, xlim), Path(path))
 
 
+@dataclass
+class _Axis:
+    """Where figure_metric_vs puts things: each x level's position, the jitter of seeds, the rng."""
+
+    pos: dict
+    span: float
+    numeric: bool
+    jitter: float
+    rng: np.random.Generator
+
+
 def figure_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], metric: str = "val_top1",
                      title: str | None = None, xlim: tuple[float, float] | None = None):
     """The figure of :func:`plot_metric_vs`."""
@@ -79,44 +92,69 @@ def figure_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], metric: str = 
     keys = trials.attrs.get("arm_keys") or arm_keys(trials)
     series_of = assign_arms(trials, [k for k in keys if k not in x_keys])["arm"]
     used = final_values(trials, metric)
-    col = f"final_{metric}"
     xs = {i: tuple(_masked(row, k) for k in x_keys) for i, row in trials.iterrows()}
     with_x = [i for i in trials.index if any(v is not None for v in xs[i])]
     numeric = len(x_keys) == 1 and all(_is_number(xs[i][0]) for i in with_x)
     levels = sorted({xs[i] for i in with_x}, key=lambda t: tuple(_sort_value(v) for v in t))
     pos = {lv: (float(lv[0]) if numeric else float(j)) for j, lv in enumerate(levels)}
     span = (max(pos.values()) - min(pos.values())) if len(pos) > 1 else 1.0
-    jitter = 0.008 * span if numeric else 0.04
-    rng = np.random.default_rng(0)
+    axis = _Axis(pos, span, numeric, 0.008 * span if numeric else 0.04, np.random.default_rng(0))
 
     fig, (ax,) = _figure(9.5, 4.6)
     all_series = list(dict.fromkeys(series_of[with_x]))
     dodge = (0.025 * span if numeric else 0.12) if len(all_series) > 1 else 0.0  # series side by side
-    colour_i = 0
     for si, series in enumerate(all_series):
         idx = [i for i in with_x if series_of[i] == series]
-        c = _colour(colour_i)
-        colour_i += 1
         shift = (si - (len(all_series) - 1) / 2) * dodge
-        means = []
-        for lv in levels:
-            rows = used.loc[[i for i in idx if xs[i] == lv and i in used.index]]
-            if rows.empty:
-                continue
-            vals = rows[col].astype(float).to_numpy()
-            x0 = pos[lv] + shift
-            ax.scatter(x0 + rng.uniform(-jitter, jitter, len(vals)), vals, s=14, color=c, alpha=0.45, linewidths=0)
-            n, mean, _, lo, hi = t_interval(vals)
-            means.append((x0, mean))
-            if n >= 2:
-                ax.errorbar([x0], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=c, capsize=4, ms=5)
-            else:
-                ax.plot([x0], [mean], "o", color=c, ms=5, mfc="white")
-        if means:
-            ax.plot(*zip(*means), "-", color=c, lw=1.2, label=f"{series}: mean ± 95% CI")
-    # arms without the x key (baselines): their own place right of the x values, every seed drawn
-    right = max(pos.values()) if pos else 0.0
-    step = (0.2 * span) if numeric else 1.0
+        _draw_series(ax, axis, series, [(lv, [i for i in idx if xs[i] == lv]) for lv in levels], used, metric,
+                     shift, _colour(si))
+    extra_ticks, step = _draw_arms_without_x(ax, axis, trials, with_x, used, metric, len(all_series))
+    ticks = [(pos[lv], ", ".join(_fmt(v) for v in lv)) for lv in levels]
+    if numeric and (len(levels) > 12 or (xlim is not None and not extra_ticks)):
+        ticks = []  # matplotlib's own numeric ticks
+    if ticks or extra_ticks:
+        ax.set_xticks([t for t, _ in ticks + extra_ticks], [lab for _, lab in ticks + extra_ticks])
+    if xlim is not None:
+        ax.set_xlim(xlim[0], max(xlim[1], extra_ticks[-1][0] + step / 2) if extra_ticks else xlim[1])
+    elif len(levels) == 1 and not extra_ticks:
+        ax.set_xlim(min(pos.values()) - 0.5, max(pos.values()) + 0.5)
+    ax.set_xlabel(" / ".join(x_keys))
+    ax.set_ylabel(f"final {metric_label(metric)}")
+    ax.set_title(title or f"final {metric} vs {' / '.join(x_keys)} (complete trials; points = seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    return fig
+
+
+def _draw_series(ax, axis: _Axis, series: str, at_levels: list, used: pd.DataFrame, metric: str, shift: float,
+                 c) -> None:
+    """One series: every seed as a point at each x level, the mean with its 95% CI, the means joined."""
+    col, means = f"final_{metric}", []
+    for lv, idx in at_levels:
+        rows = used.loc[[i for i in idx if i in used.index]]
+        if rows.empty:
+            continue
+        vals = rows[col].astype(float).to_numpy()
+        x0 = axis.pos[lv] + shift
+        ax.scatter(x0 + axis.rng.uniform(-axis.jitter, axis.jitter, len(vals)), vals, s=14, color=c, alpha=0.45,
+                   linewidths=0)
+        n, mean, _, lo, hi = t_interval(vals)
+        means.append((x0, mean))
+        if n >= 2:
+            ax.errorbar([x0], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=c, capsize=4, ms=5)
+        else:
+            ax.plot([x0], [mean], "o", color=c, ms=5, mfc="white")
+    if means:
+        ax.plot(*zip(*means), "-", color=c, lw=1.2, label=f"{series}: mean ± 95% CI")
+
+
+def _draw_arms_without_x(ax, axis: _Axis, trials: pd.DataFrame, with_x: list, used: pd.DataFrame, metric: str,
+                         colour_i: int) -> tuple[list[tuple[float, str]], float]:
+    """Arms without the x key (baselines): their own place right of the x values, every seed drawn, and their
+    mean (± 95% CI) as a band across the plot.  Returns their ticks and the spacing between them."""
+    col = f"final_{metric}"
+    right = max(axis.pos.values()) if axis.pos else 0.0
+    step = (0.2 * axis.span) if axis.numeric else 1.0
     extra_ticks: list[tuple[float, str]] = []
     for arm in arm_order(trials):
         idx = [i for i in trials.index if trials.at[i, "arm"] == arm]
@@ -133,24 +171,11 @@ def figure_metric_vs(trials: pd.DataFrame, x_keys: Sequence[str], metric: str = 
         if n >= 2:
             ax.axhspan(lo, hi, color=c, alpha=0.12, lw=0)
         ax.axhline(mean, color=c, ls="--", lw=1.0, label=f"{arm}: mean{' ± 95% CI' if n >= 2 else ''} (n={n})")
-        ax.scatter(x0 + rng.uniform(-jitter, jitter, len(vals)), vals, s=14, color=c, alpha=0.6, linewidths=0)
+        ax.scatter(x0 + axis.rng.uniform(-axis.jitter, axis.jitter, len(vals)), vals, s=14, color=c, alpha=0.6,
+                   linewidths=0)
         if n >= 2:
             ax.errorbar([x0], [mean], yerr=[[mean - lo], [hi - mean]], fmt="s", color=c, capsize=4, ms=5)
-    ticks = [(pos[lv], ", ".join(_fmt(v) for v in lv)) for lv in levels]
-    if numeric and (len(levels) > 12 or (xlim is not None and not extra_ticks)):
-        ticks = []  # matplotlib's own numeric ticks
-    if ticks or extra_ticks:
-        ax.set_xticks([t for t, _ in ticks + extra_ticks], [lab for _, lab in ticks + extra_ticks])
-    if xlim is not None:
-        ax.set_xlim(xlim[0], max(xlim[1], extra_ticks[-1][0] + step / 2) if extra_ticks else xlim[1])
-    elif len(levels) == 1 and not extra_ticks:
-        ax.set_xlim(min(pos.values()) - 0.5, max(pos.values()) + 0.5)
-    ax.set_xlabel(" / ".join(x_keys))
-    ax.set_ylabel(f"final {metric_label(metric)}")
-    ax.set_title(title or f"final {metric} vs {' / '.join(x_keys)} (complete trials; points = seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    _legend_outside(ax)
-    return fig
+    return extra_ticks, step
 
 
 def _curve_matrix(curves: pd.DataFrame, run_ids: Sequence[str], key: str) -> pd.DataFrame:
