@@ -18,6 +18,10 @@ One call of :func:`run_trial` is one (configuration, seed) trial:
 How a trial *ended* (finished, stopped by ASHA, failed) is marked on its MLflow run by the
 driver (:class:`echos_core.sweep.runner.MlflowTrialStatus`), since a stopped trial's
 process is simply ended.
+
+This is a trial of one process (``resources.workers: 1``); a data-parallel trial
+(:mod:`echos_core.sweep.ddp`) shares its config (:func:`trial_config`), its MLflow run
+(:func:`open_trial_run`) and its epoch logging (:func:`log_epoch_once`).
 """
 
 from __future__ import annotations
