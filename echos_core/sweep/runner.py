@@ -186,7 +186,9 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
     else:
         num_cpus = spec.num_cpus or os.cpu_count() or 1
         # address="local": always a fresh instance of our own, never a cluster someone else started here.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+        # Data-parallel trials: Ray Train's placement-group cleaner asks the dashboard's state API
+        # whether a stopped trial's controller is gone, to free its workers' resources.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=spec.workers > 1,
                  object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
     res = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -312,7 +314,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
                     scheduler=_scheduler(spec), num_samples=spec.n_trials if spec.search.algorithm != "grid" else 1,
                     max_concurrent_trials=_max_concurrent(spec) if spec.search.algorithm == "grid" else None,
                     trial_dirname_creator=_trial_dirname,
-                    reuse_actors=True),  # one worker process per slot: torch & co. import once, not per trial
+                    # one worker process per slot: torch & co. import once, not per trial (a data-parallel
+                    # trial's process only waits on Ray Train: a fresh one per trial, as Ray requires)
+                    reuse_actors=spec.workers == 1),
                 run_config=tune.RunConfig(
                     name=sweep_id, storage_path=storage,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
