@@ -186,9 +186,7 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
     else:
         num_cpus = spec.num_cpus or os.cpu_count() or 1
         # address="local": always a fresh instance of our own, never a cluster someone else started here.
-        # Data-parallel trials: Ray Train's placement-group cleaner asks the dashboard's state API
-        # whether a stopped trial's controller is gone, to free its workers' resources.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=spec.workers > 1,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
     res = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
