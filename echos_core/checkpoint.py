@@ -7,6 +7,7 @@ epoch, history, every RNG state (:func:`rng_state`) and the config; ``format`` i
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -72,9 +73,11 @@ def load_checkpoint(path: str | Path) -> dict:
     file = find_checkpoint(path)
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file: one line, before any compute
-        raise ConfigError(f"resume_from={str(file)!r}: cannot be read as an echos checkpoint "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # corrupt or foreign file: one line, before any compute, no internals
+        why = "is not a PyTorch file" if isinstance(e, (pickle.UnpicklingError, RuntimeError, IndexError, EOFError,
+                                                         KeyError, ValueError)) else f"cannot be read ({type(e).__name__})"
+        raise ConfigError("checkpoint", str(file), f"{why}: not an echos checkpoint (a checkpoint.pt, its folder or "
+                                                   "a run folder)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"resume_from={str(file)!r}: not an echos checkpoint (format {CHECKPOINT_FORMAT})")
     ckpt["path"] = str(file)

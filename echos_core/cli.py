@@ -17,11 +17,13 @@ import logging
 import sys
 
 from .config import ConfigError, InitConfig, apply_overrides, config_from_dict, config_to_dict, describe, load_config
+from .validation import check_writable
 
 __all__ = ["main", "build_parser"]
 
 # Modules that add subcommands through ``register(subparsers)``.
-_COMMAND_MODULES: list[str] = ["echos_core.analysis.cli", "echos_core.sweep.cli", "echos_core.report.cli"]
+_COMMAND_MODULES: list[str] = ["echos_core.analysis.cli", "echos_core.sweep.cli", "echos_core.report.cli",
+                                "echos_core.ui"]
 
 
 # --------------------------------------------------------------------------- echos train
@@ -52,12 +54,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_dict(apply_overrides(load_checkpoint(args.resume)["config"], args.overrides))
     else:
         cfg = load_config(args.config, args.overrides)  # validated: a bad value stops here, before torch loads
-    from .trainer import train
+    check_writable("--run-dir" if args.run_dir else "output_dir", args.run_dir or cfg.output_dir)
+    if cfg.mlflow.tracking_uri:
+        from .sweep.preflight import check_tracking
 
+        check_tracking(cfg.mlflow.tracking_uri, "mlflow.tracking_uri")
+    from .data import count_images
+    from .data.transforms import uses_mixup
+    from .trainer import check_batch_size, train
+
+    # the data's counts and the batch rules, before any MLflow run exists (the trainer applies them again)
+    check_batch_size(cfg.train.batch_size, count_images(cfg)[0], uses_mixup(cfg.data.augment))
     _log_to_stdout()
 
     run_kw = dict(run_dir=args.run_dir, resume_from=args.resume, progress=True)
-    if cfg.mlflow.tracking_uri:
+    if cfg.mlflow.enabled:
         result = _train_with_mlflow(cfg, run_kw)
     else:
         result = train(cfg, **run_kw)
@@ -69,20 +80,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_with_mlflow(cfg, run_kw: dict):
+    """Train with the run logged to MLflow (``mlflow.tracking_uri``, else the default store), as a sweep's trial is."""
     try:
-        from .tracking import MlflowRun, environment_tags
+        from .tracking import MlflowRun, environment_tags, resolve_tracking_uri
     except ImportError as e:
-        raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri,
-                          f"is set but MLflow logging is unavailable ({e})") from None
+        raise ConfigError("mlflow.enabled", True, f"MLflow logging is unavailable ({e}); "
+                                                  "set mlflow.enabled=false") from None
     from .runinfo import environment
     from .trainer import train
 
     tags = environment_tags(environment())  # as sweeps tag trials
     name = cfg.run_name or cfg.default_run_name()
-    with MlflowRun(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, name, config_to_dict(cfg), tags=tags) as run:
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    with MlflowRun(uri, cfg.mlflow.experiment, name, config_to_dict(cfg), tags=tags) as run:
         result = train(cfg, callback=lambda metrics, _ckpt: run.log_epoch(metrics), **run_kw)
         for file in ("config.yaml", "init_report.json", "environment.json", "metrics.jsonl"):
             run.log_artifact(result.run_dir / file)
+        if (result.run_dir / "kernels").is_dir():
+            run.client.log_artifacts(run.run_id, str(result.run_dir / "kernels"), "kernels")
+    print(f"MLflow: run {run.run_id} in experiment {cfg.mlflow.experiment!r} of {uri} (echos ui to look at it)")
     return result
 
 
@@ -140,6 +156,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
         raise ConfigError("--n", n, "must be >= 2 (a depthwise conv needs more than one channel)")
     if args.seed < 0:
         raise ConfigError("--seed", args.seed, "must be >= 0")
+    check_writable("--out", args.out, what="file")
     init = InitConfig(scheme=args.scheme, gamma_low=args.gamma_low, gamma_high=args.gamma_high,
                       on_ratio=args.on_ratio, scale=args.scale, fraction=args.fraction, noise=args.noise,
                       normalisation=args.normalisation, length_scale=args.length_scale)
@@ -189,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:  # the reader went away (`echos train --help-config | head`): stop quietly
+        _silence_stdout()
+        return 0
     except (ConfigError, *USER_IO_ERRORS) as e:  # bad input: one line, exit 2; anything else keeps its traceback
         print(f"{parser.prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -199,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{parser.prog}: error: training diverged: {_one_line(e)}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _one_line(e: BaseException) -> str:

@@ -21,7 +21,7 @@ import yaml
 
 from .dog import NORMALISATIONS
 from .registry import scheme_names
-from .validation import ConfigError, choice, float_range, int_range, is_int, nonempty
+from .validation import ConfigError, check_yaml_size, choice, float_range, int_range, is_int, load_yaml, nonempty
 
 __all__ = [
     "ConfigError",
@@ -252,9 +252,12 @@ class TrainConfig:
 
 @dataclass
 class MlflowConfig:
+    enabled: bool = field(default=True, metadata=_doc(
+        "`echos train` logs the run to MLflow (false: the run folder only); sweeps always log"))
     tracking_uri: Optional[str] = field(default=None, metadata=_doc(
-        "MLflow tracking URI for `echos train`; null = no MLflow logging (sweeps set their own)"))
-    experiment: str = field(default="echos", metadata=_doc("MLflow experiment name"))
+        "MLflow tracking URI for `echos train`; null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+        "(the store `echos ui` and sweeps use; sweeps set their own)"))
+    experiment: str = field(default="train", metadata=_doc("MLflow experiment of `echos train` runs"))
 
     def validate(self, p: str = "mlflow") -> None:
         nonempty(f"{p}.experiment", self.experiment)
@@ -266,7 +269,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig, metadata=_doc("the data set and augmentation"))
     init: InitConfig = field(default_factory=InitConfig, metadata=_doc("init of depthwise kernels"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=_doc("optimisation"))
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig, metadata=_doc("optional MLflow logging"))
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig, metadata=_doc("MLflow logging of `echos train`"))
     seed: int = field(default=0, metadata=_doc("seed of init, data order, augmentation and dropout"))
     output_dir: str = field(default="runs", metadata=_doc("parent folder of run folders"))
     run_name: Optional[str] = field(default=None, metadata=_doc("run folder name; null = derived from model, init and seed"))
@@ -281,12 +284,19 @@ class Config:
         nonempty("output_dir", self.output_dir)
         return self
 
-    def default_run_name(self) -> str:
+    def init_label(self) -> str:
+        """The init in a few characters: ``kaiming``, ``dog-on0.25``."""
+        return f"dog-on{self.init.on_ratio:g}" if self.init.scheme == "dog" else self.init.scheme
+
+    def model_label(self) -> str:
+        """The model and data in a few characters: ``convmixer-k5-embedded``."""
         ks = f"-k{self.model.kernel_size}" if self.model.kernel_size else ""
-        init = self.init.scheme
-        if init == "dog":
-            init = f"dog-on{self.init.on_ratio:g}"
-        return f"{self.model.name}{ks}-{self.data.name}-{init}-s{self.seed}"
+        return f"{self.model.name}{ks}-{self.data.name}"
+
+    def default_run_name(self) -> str:
+        """What differs between runs first (init, seed), the model after: ``dog-on0.25-s1-convmixer-k5-embedded``
+        (MLflow's runs table cuts long names)."""
+        return f"{self.init_label()}-s{self.seed}-{self.model_label()}"
 
 
 # --------------------------------------------------------------------------- building from dicts
@@ -417,9 +427,11 @@ def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
                 raise ConfigError(item, None, "override must look like key=value (e.g. init.on_ratio=0.25)")
             k, v = item.split("=", 1)
             try:
-                items.append((k.strip(), yaml.safe_load(v) if v != "" else None))
+                value = yaml.safe_load(v) if v != "" else None
             except yaml.YAMLError as e:
                 raise ConfigError(k.strip(), v, f"is not a valid YAML value ({e.__class__.__name__})") from None
+            check_yaml_size(value, k.strip())
+            items.append((k.strip(), value))
     for k, v in items:
         set_dotted(data, k, v)
     return data
@@ -429,13 +441,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | dict |
     """YAML file (optional) + overrides -> validated :class:`Config`."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", str(path), "file does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError("--config", str(path), f"is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = load_yaml(path, "--config") or {}
         if not isinstance(data, dict):
             raise ConfigError("--config", str(path), "must contain a mapping at the top level")
     if overrides:
@@ -443,8 +449,14 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | dict |
     return config_from_dict(data)
 
 
+def yaml_value(v: Any) -> str:
+    """``v`` spelt as a ``key=value`` override takes it: YAML (``null``, ``false``, ``[0.3, 0.7]``)."""
+    text = yaml.safe_dump(v, default_flow_style=True, width=10**6).strip()
+    return text[:-len("...")].strip() if text.endswith("...") else text
+
+
 def describe() -> str:
-    """A listing of every config key with its default and one-line doc."""
+    """A listing of every config key with its default (as YAML, the way overrides spell it) and one-line doc."""
     lines = []
 
     def walk(cls: type, obj: Any, prefix: str) -> None:
@@ -456,7 +468,7 @@ def describe() -> str:
             if dataclasses.is_dataclass(base):
                 walk(base, val, key)
             else:
-                lines.append(f"{key} = {val!r}  # {f.metadata.get('doc', '')}")
+                lines.append(f"{key} = {yaml_value(val)}  # {f.metadata.get('doc', '')}")
 
     walk(Config, Config(), "")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ without pyplot: no display, no global backend state.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -66,8 +67,11 @@ def kernel_mosaic(kernels: torch.Tensor, path: str | Path, *, title: str | None 
     head = title or ""
     if n < n_all:
         head = f"{head} (first {n} of {n_all})".strip()
-    top = 0.5 if head else 0.1
-    width, height = ncols * 0.9 + 0.2, nrows * tile + top
+    width = ncols * 0.9 + 0.2
+    lines = textwrap.wrap(head, max(20, int(width * 14)))  # ~14 characters of 9 pt per inch: never cut
+    head = "\n".join(lines)
+    top = 0.2 + 0.17 * len(lines) if head else 0.1
+    height = nrows * tile + top
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0.1 / width, 0.05 / height, 1 - 0.2 / width, 1 - (top + 0.05) / height))
     ax.set_axis_off()

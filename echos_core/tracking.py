@@ -6,7 +6,10 @@ process (the sweep driver) or from many (Ray trial workers on several nodes).
 
 * params: the resolved config, flattened to dotted keys (``init.on_ratio``), as strings; of the
   ``init.*`` keys only the ones the run's init scheme reads (:func:`echos_core.registry.applicable_keys`);
-* metrics: one batch per epoch, ``step = metrics['epoch']``; non-numeric values are skipped;
+  not ``mlflow.*``, ``output_dir``, ``run_name`` (where a run goes, not what it is);
+* metrics: one batch per epoch, ``step = metrics['epoch']``; the epoch is the step only, never a
+  metric of its own (it would lead MLflow's parallel coordinates and scatter plots); non-numeric
+  values are skipped;
 * tags: whatever the caller passes (``echos.*``, versions, git revision), plus
   ``mlflow.parentRunId`` when the run is nested under a parent (a sweep).
 
@@ -47,6 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # when neither the caller nor $MLFLOW_TRACKING_URI names one
+STEP_KEY = "epoch"  # the metrics' step; not logged as a metric
 
 # --------------------------------------------------------------------------- tag names
 
@@ -132,11 +136,18 @@ def param_value(v: Any) -> str:
     return s[:MAX_PARAM_VAL_LENGTH]
 
 
-def run_params(config: Mapping) -> dict[str, Any]:
-    """The params of a run: ``config`` flattened, without the ``init.*`` keys its init scheme does not read.
+# Config keys that say where a run is logged or written, not what it trains: never params.
+NOT_PARAMS = ("output_dir", "run_name")
+NOT_PARAM_PREFIXES = ("mlflow.",)
 
-    (A config without a registered ``init.scheme``, such as a sweep's parent run, keeps every key.)"""
-    flat = flatten(dict(config))
+
+def run_params(config: Mapping) -> dict[str, Any]:
+    """The params of a run: ``config`` flattened, without the ``init.*`` keys its init scheme does not
+    read and without the keys that only say where it is written or logged (:data:`NOT_PARAMS`, ``mlflow.*``).
+
+    (A config without a registered ``init.scheme``, such as a sweep's parent run, keeps every init key.)"""
+    flat = {k: v for k, v in flatten(dict(config)).items()
+            if k not in NOT_PARAMS and not k.startswith(NOT_PARAM_PREFIXES)}
     scheme = flat.get("init.scheme")
     if scheme not in INIT_SCHEMES:
         return flat
@@ -201,11 +212,20 @@ def find_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> li
             return runs
 
 
-def end_run(tracking_uri: str, run_id: str, status: str, tags: Optional[Mapping[str, Any]] = None) -> None:
-    """Set ``tags`` on an existing run and mark it ``status`` (FINISHED, FAILED, KILLED), from any process."""
+def end_run(tracking_uri: str, run_id: str, status: str, tags: Optional[Mapping[str, Any]] = None) -> bool:
+    """Set ``tags`` on an existing run and mark it ``status`` (FINISHED, FAILED, KILLED), from any process.
+
+    A run that already ended keeps its own end time (so its duration stays its own); a run already
+    ended with this status and these tags is left untouched.  Returns whether anything changed."""
     client = mlflow_client(resolve_tracking_uri(tracking_uri))
-    _log_tags(client, run_id, tags or {})
-    client.set_terminated(run_id, status)
+    run = client.get_run(run_id)
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    if run.info.status == status and all(run.data.tags.get(k) == v for k, v in tags.items()):
+        return False
+    _log_tags(client, run_id, tags)
+    ended = run.info.status != "RUNNING" and run.info.end_time
+    client.set_terminated(run_id, status, end_time=run.info.end_time if ended else None)
+    return True
 
 
 def _log_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -266,13 +286,14 @@ class MlflowRun:
     # ------------------------------------------------------------------ logging
 
     def log_epoch(self, metrics: Mapping[str, Any]) -> None:
-        """Log every numeric value of ``metrics`` at ``step = metrics['epoch']``."""
+        """Log every numeric value of ``metrics`` but the epoch at ``step = metrics['epoch']``."""
         from mlflow.entities import Metric
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         step = int(metrics.get("epoch", 0))
         now = int(time.time() * 1000)
-        batch = [Metric(str(k), float(v), now, step) for k, v in metrics.items() if _is_number(v)]
+        batch = [Metric(str(k), float(v), now, step) for k, v in metrics.items()
+                 if k != STEP_KEY and _is_number(v)]
         for chunk in _chunks(batch, MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
 
@@ -282,9 +303,11 @@ class MlflowRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         _log_tags(self.client, self.run_id, tags)
 
-    def logged_steps(self, key: str = "epoch") -> set[int]:
-        """Steps at which metric ``key`` was already logged (to skip them when a run resumes)."""
-        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+    def logged_steps(self, key: Optional[str] = None) -> set[int]:
+        """Steps (epochs) at which metric ``key`` (default: any metric) was already logged, to skip
+        them when a run resumes."""
+        keys = [key] if key else list(self.client.get_run(self.run_id).data.metrics)
+        return {m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)}
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED, FAILED or KILLED (idempotent)."""

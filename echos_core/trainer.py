@@ -22,6 +22,8 @@ Run folder::
     run_dir/config.yaml          resolved config
     run_dir/environment.json     versions, machine, git revision (echos_core.runinfo)
     run_dir/init_report.json     what the init changed, per layer
+    run_dir/kernels/init_<layer>.png, final_<layer>.png   mosaics of the first and last depthwise layer
+                                 (final: after the latest epoch; with train.kernel_metrics)
     run_dir/metrics.jsonl        one JSON object per epoch
     run_dir/checkpoints/epoch_0003/checkpoint.pt
 
@@ -60,6 +62,7 @@ __all__ = [
     "TrainResult",
     "train",
     "lr_factor",
+    "check_batch_size",
 ]
 
 log = logging.getLogger("echos")
@@ -183,7 +186,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast, channels_
         sums = all_sum(sums)
     loss_sum, top1, topk, n = sums.tolist()
     n = max(n, 1)
-    return {"val_loss": loss_sum / n, "val_top1": top1 / n, "val_top5": topk / n}
+    # Accuracies are counts over n in percent: 6 decimals hold them exactly (no 23.299999999999997 in tables).
+    return {"val_loss": loss_sum / n, "val_top1": round(top1 / n, 6), "val_top5": round(topk / n, 6)}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -271,7 +275,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, 
         if epoch_kernel_metrics not in metric_hooks:  # a caller may already pass it
             metric_hooks.append(epoch_kernel_metrics)
         if ckpt is None and main:
-            write_kernel_mosaics(model, run_dir / "kernels", "init")
+            write_kernel_mosaics(model, run_dir / "kernels", "init", run=cfg.run_name or cfg.default_run_name())
     val_loader = data.loader("val", tc.batch_size, seed=cfg.seed, epoch=0, device=device,
                              num_workers=cfg.data.num_workers, shard=shard)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
@@ -311,8 +315,9 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, 
             ckpt_dir = None
             if main and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
                 ckpt_dir = _save_epoch(run_dir, cfg, epoch, step_ctx, history)
-            if main and tc.kernel_metrics and epoch == tc.epochs:
-                write_kernel_mosaics(model, run_dir / "kernels", f"epoch_{epoch:04d}")
+            if main and tc.kernel_metrics:  # the kernels as training left them, before the callback (may end a trial)
+                write_kernel_mosaics(model, run_dir / "kernels", "final", caption=f"after epoch {epoch}/{tc.epochs}",
+                                     run=cfg.run_name or cfg.default_run_name())
             if callback is not None:
                 callback(dict(metrics), ckpt_dir)
     finally:
@@ -329,6 +334,15 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, 
 # --------------------------------------------------------------------------- helpers of train()
 
 
+def check_batch_size(batch_size: int, n_train: int, mixup: bool) -> None:
+    """The batch rules (the trainer's, and a sweep's preflight before Ray starts): a full batch must fit in
+    the training set, and mixup/CutMix pair images, so their batches are even."""
+    if batch_size > n_train:
+        raise ConfigError("train.batch_size", batch_size, f"must be <= the number of training images ({n_train})")
+    if mixup and batch_size % 2:
+        raise ConfigError("train.batch_size", batch_size, "must be even when mixup/CutMix is on (images are paired)")
+
+
 def _steps_per_epoch(tc, data, parallel=None) -> int:
     """Optimiser steps per epoch (full batches only); a batch size the data cannot fill is an error."""
     n_train = len(data.train)
@@ -338,10 +352,7 @@ def _steps_per_epoch(tc, data, parallel=None) -> int:
             rule = "an even number of images" if data.mixup_fn is not None else "the same number of images"
             raise ConfigError("train.batch_size", tc.batch_size, f"must give each of the {world} data-parallel "
                               f"workers {rule} (the global batch is split over them)")
-    if tc.batch_size > n_train:
-        raise ConfigError("train.batch_size", tc.batch_size, f"must be <= the number of training images ({n_train})")
-    if data.mixup_fn is not None and tc.batch_size % 2:
-        raise ConfigError("train.batch_size", tc.batch_size, "must be even when mixup/CutMix is on (images are paired)")
+    check_batch_size(tc.batch_size, n_train, data.mixup_fn is not None)
     steps = n_train // tc.batch_size  # drop_last: every step sees a full batch
     return steps if tc.steps_per_epoch is None else min(steps, tc.steps_per_epoch)
 
@@ -451,8 +462,10 @@ def _save_epoch(run_dir: Path, cfg: Config, epoch: int, c: _Steps, history: list
     return folder
 
 
-def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: int = 64) -> list[Path]:
-    """PNG mosaics of the first and the last depthwise layer: ``<folder>/<tag>_<layer>.png``."""
+def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: int = 64,
+                         caption: str | None = None, run: str | None = None) -> list[Path]:
+    """PNG mosaics of the first and the last depthwise layer: ``<folder>/<tag>_<layer>.png``; the title
+    names ``run`` (default: the run folder), ``caption`` (default ``tag``), the layer and its kernel count."""
     from .inits import depthwise_kernels
     from .plots import kernel_mosaic
 
@@ -463,7 +476,7 @@ def write_kernel_mosaics(model: nn.Module, folder: Path, tag: str, max_kernels: 
     for name, kernels in picked:
         path = folder / f"{tag}_{name.replace('.', '-')}.png"
         kernel_mosaic(kernels, path, max_kernels=max_kernels,  # the title says "first 64 of N" when it cuts
-                      title=f"run {folder.parent.name}, {tag}: layer {name}, {kernels.shape[0]} kernels")
+                      title=f"run {run or folder.parent.name}, {caption or tag}: layer {name}, {kernels.shape[0]} kernels")
         paths.append(path)
     return paths
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def config_file(cfg_dict, tmp_path):
-    d = dict(cfg_dict, output_dir=str(tmp_path / "runs"))
+    d = dict(cfg_dict, output_dir=str(tmp_path / "runs"), mlflow={"enabled": False})  # the MLflow test turns it on
     d["train"] = dict(d["train"], epochs=1, steps_per_epoch=2, threads=1)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(d))
@@ -57,9 +57,11 @@ def test_train_writes_run_folder(config_file, tmp_path, capsys):
     assert [m["epoch"] for m in lines] == [1, 2]
 
 
-def test_train_default_run_folder_name(config_file, tmp_path, capsys):
+def test_train_default_run_folder_name(config_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "-c", str(config_file), "init.scheme=kaiming", "seed=3"]) == 0
-    assert (tmp_path / "runs" / "convmixer-k5-fake-kaiming-s3" / "metrics.jsonl").is_file()
+    assert (tmp_path / "runs" / "kaiming-s3-convmixer-k5-fake" / "metrics.jsonl").is_file()
+    assert not (tmp_path / "mlflow.db").exists()  # mlflow.enabled=false: no MLflow store made
 
 
 @pytest.mark.parametrize("override, message", [
@@ -267,15 +269,18 @@ def test_kernels_uses_the_init_code_path(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, inside MLflow's store
-def test_train_logs_to_mlflow(config_file, tmp_path, capsys):
-    """mlflow.tracking_uri set: params, per-epoch metrics, tags and run-folder artifacts land in MLflow."""
+def test_train_logs_to_mlflow(config_file, tmp_path, capsys, monkeypatch):
+    """By default: params, per-epoch metrics, tags and run-folder artifacts (mosaics too) land in the
+    default store (./mlflow.db, the one `echos ui` opens), experiment `train`."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert cli.main(["train", "-c", str(config_file), "train.epochs=2", "train.steps_per_epoch=1",
-                     f"mlflow.tracking_uri={uri}", "mlflow.experiment=cli-test", "run_name=logged"]) == 0
+                     "mlflow.enabled=true", "run_name=logged"]) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     local = [json.loads(x) for x in (tmp_path / "runs" / "logged" / "metrics.jsonl").read_text().splitlines()]
     assert run.info.status == "FINISHED" and run.info.run_name == "logged"
     assert run.data.params["init.scheme"] == "dog" and run.data.params["train.epochs"] == "2"
@@ -283,4 +288,63 @@ def test_train_logs_to_mlflow(config_file, tmp_path, capsys):
     assert [(m.step, m.value) for m in history] == [(h["epoch"], pytest.approx(h["val_loss"])) for h in local]
     assert run.data.tags["echos.torch_version"] == torch.__version__.split("+")[0]
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
-        "config.yaml", "environment.json", "init_report.json", "metrics.jsonl"]
+        "config.yaml", "environment.json", "init_report.json", "kernels", "metrics.jsonl"]
+    mosaics = sorted(a.path for a in client.list_artifacts(run.info.run_id, "kernels"))
+    assert mosaics == ["kernels/final_blocks-0-0-fn-0.png", "kernels/final_blocks-1-0-fn-0.png",
+                       "kernels/init_blocks-0-0-fn-0.png", "kernels/init_blocks-1-0-fn-0.png"]
+    assert "mlflow.experiment" not in run.data.params and "run_name" not in run.data.params
+
+
+def test_help_config_into_a_closed_pipe_exits_quietly():
+    """`echos train --help-config | head`: no BrokenPipeError when the reader stops early."""
+    import fcntl
+
+    proc = subprocess.Popen([sys.executable, "-m", "echos_core", "train", "--help-config"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: a pipe smaller than the listing
+    first = proc.stdout.readline().decode()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
+    assert first.startswith("model.name = ")
+
+
+def test_help_config_spells_defaults_as_overrides_take_them():
+    from echos_core.config import describe
+
+    text = describe()
+    assert "model.kernel_size = null  #" in text and "train.compile = false  #" in text
+    assert "init.scheme = dog  #" in text
+    assert "= None" not in text and "= False" not in text and "= True" not in text and "= '" not in text
+
+
+@pytest.mark.slow  # two `echos train` processes: about a minute on a loaded 2-core machine
+def test_train_shows_a_step_progress_bar_on_a_terminal_only(config_file, tmp_path):
+    """On a terminal: a per-step bar (tqdm); into a pipe, or with TQDM_DISABLE: none."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    cmd = [sys.executable, "-m", "echos_core", "train", "-c", str(config_file), "train.steps_per_epoch=4"]
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.Popen(cmd + ["--run-dir", str(tmp_path / "tty")], cwd=tmp_path, env=env,
+                            stdout=secondary, stderr=secondary, stdin=subprocess.DEVNULL)
+    os.close(secondary)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the child is done
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0
+    assert b"step/s" in out and b"/4 [" in out, out.decode(errors="replace")[-2000:]
+    piped = subprocess.run(cmd + ["--run-dir", str(tmp_path / "pipe")], cwd=tmp_path, env=env,
+                           capture_output=True, timeout=120)
+    assert piped.returncode == 0 and b"step/s" not in piped.stdout + piped.stderr

@@ -39,6 +39,7 @@ def test_params_metrics_tags_artifact_roundtrip(store, tmp_path, cfg_dict):
     assert [(m.step, round(m.value, 6)) for m in hist] == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2, 3]
     assert "note" not in r.data.metrics and "skipped" not in r.data.metrics
+    assert "epoch" not in r.data.metrics  # the epoch is the step only (else Compare's plots default to it)
     assert r.data.tags["echos.sweep"] == "s1" and r.data.tags["echos.status"] == "finished"
     assert [a.path for a in client.list_artifacts(run_id)] == ["config.yaml"]
     db_dir = store[len("sqlite:///"):].rsplit("/", 1)[0]
@@ -87,7 +88,7 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("last,errored,expected", [
-    ({"epoch": 1, "max_epochs": 3}, False, ("stopped", "true", "KILLED")),   # ASHA ended it early
+    ({"epoch": 1, "max_epochs": 3}, False, ("stopped", "true", "FINISHED")),   # ASHA ended it early: no failure
     ({"epoch": 3, "max_epochs": 3}, False, ("finished", "false", "FINISHED")),
     ({"epoch": 2, "max_epochs": 3}, True, ("error", "false", "FAILED")),
 ])
@@ -104,7 +105,30 @@ def test_trial_end_is_marked_from_the_driver(store, last, errored, expected):
     r = MlflowClient(tracking_uri=store).get_run(run.run_id)
     assert (r.data.tags["echos.status"], r.data.tags["echos.asha_stopped"], r.info.status) == expected
     assert r.data.tags["echos.last_epoch"] == str(last["epoch"])
+    note = r.data.tags.get("mlflow.note.content", "")  # the run's description in the UI
+    assert ("Stopped early by the scheduler (ASHA) after epoch 1 of 3" in note) == (expected[0] == "stopped")
     assert marker.mark("no-such-trial", {}, False) is None
+
+
+def test_each_trial_keeps_its_own_end_time(store):
+    """Marking every trial again when the sweep ends must not move their end times to the sweep's end."""
+    import time
+
+    from echos_core.sweep.status import MlflowTrialStatus
+
+    client = MlflowClient(tracking_uri=store)
+    done = MlflowRun(store, "exp-t", "done", {}, {"echos.sweep_id": "s-t", "echos.trial_id": "t-done"})
+    done.end("FINISHED")  # the trial ended it itself
+    stopped = MlflowRun(store, "exp-t", "stopped", {}, {"echos.sweep_id": "s-t", "echos.trial_id": "t-stop"})
+    marker = MlflowTrialStatus(store, "exp-t", "s-t")
+    marker.mark("t-stop", {"epoch": 1, "max_epochs": 3, "mlflow_run_id": stopped.run_id}, False)  # ASHA: at its stop
+    marker.mark("t-done", {"epoch": 3, "max_epochs": 3, "mlflow_run_id": done.run_id}, False)
+    ends = {r: client.get_run(r).info.end_time for r in (done.run_id, stopped.run_id)}
+    assert all(ends.values())
+    time.sleep(1.1)
+    for tid, run in (("t-stop", stopped), ("t-done", done)):  # what the driver does when the sweep ends
+        marker.mark(tid, {"epoch": 1 if tid == "t-stop" else 3, "max_epochs": 3, "mlflow_run_id": run.run_id}, False)
+    assert {r: client.get_run(r).info.end_time for r in ends} == ends
 
 
 def test_runs_of_trials_ray_lost_are_dropped(store):
@@ -134,3 +158,15 @@ def test_tag_names_are_the_documented_ones():
         "echos.sweep", "echos.sweep_id", "echos.trial_id", "echos.status")
     assert tracking.best_metric_tag("val_top1") == "echos.best_val_top1"
     assert tracking.environment_tags({"torch_version": "2", "git_revision": None}) == {"echos.torch_version": "2"}
+
+
+def test_params_leave_out_where_a_run_goes(cfg_dict):
+    """mlflow.*, output_dir and run_name say where a run is written, not what it trains: no columns for them."""
+    from echos_core.tracking import run_params
+
+    cfg = config_to_dict(config_from_dict({**cfg_dict, "run_name": "x", "mlflow": {"experiment": "e"}}))
+    params = run_params(cfg)
+    assert not [k for k in params if k.startswith("mlflow.") or k in ("output_dir", "run_name")]
+    assert params["seed"] == cfg["seed"] and params["model.name"] == cfg["model"]["name"]
+    kaiming = run_params(config_to_dict(config_from_dict({**cfg_dict, "init": {"scheme": "kaiming"}})))
+    assert "init.on_ratio" not in kaiming and "init.gamma_low" not in kaiming and "init.scale" not in kaiming

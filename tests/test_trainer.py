@@ -110,7 +110,7 @@ def test_run_folder_files(three_epochs):
         "checkpoints", "config.yaml", "environment.json", "init_report.json", "kernels", "metrics.jsonl"]
     # mosaics of the first and last depthwise layer, at init and after the last epoch
     assert sorted(p.name for p in (run / "kernels").iterdir()) == [
-        "epoch_0003_blocks-0-0-fn-0.png", "epoch_0003_blocks-1-0-fn-0.png",
+        "final_blocks-0-0-fn-0.png", "final_blocks-1-0-fn-0.png",
         "init_blocks-0-0-fn-0.png", "init_blocks-1-0-fn-0.png"]
     assert config_from_dict(yaml.safe_load((run / "config.yaml").read_text())) == cfg
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -274,3 +274,11 @@ def test_dog_vs_kaiming_differ_in_depthwise_weights_only(cfg_dict, tmp_path, mon
             assert (w[:, 0, 2, 2] > 0).sum().item() == 8
         else:
             assert torch.equal(w, kai["state"][key]), key  # same seed: everything else identical
+
+
+def test_accuracies_are_clean_percentages(three_epochs):
+    """val_top1 is a count over the validation set in percent: no float noise like 23.299999999999997."""
+    _, _, result, _ = three_epochs
+    for h in result.history:
+        for key in ("val_top1", "val_top5"):
+            assert h[key] == round(h[key], 6) and len(repr(h[key])) <= 10, h[key]

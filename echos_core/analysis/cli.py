@@ -37,8 +37,9 @@ def register(sub) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
     from ..checkpoint import model_from_checkpoint
+    from ..config import ConfigError
+    from ..validation import check_writable
     from .summary import analyse_model, format_table
 
     if args.clusters < 1:
@@ -52,6 +53,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if not Path(args.checkpoint).exists():
         raise ConfigError("CHECKPOINT", args.checkpoint, "does not exist")
 
+    if args.out:
+        check_writable("--out", args.out)
     model, cfg, info = model_from_checkpoint(args.checkpoint)
     analysis = analyse_model(model, dense_per_layer=args.dense_per_layer, seed=args.seed, n_clusters=args.clusters,
                              normalise=args.normalise, threshold=args.threshold, unique_names=args.unique_names,

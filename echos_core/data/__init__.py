@@ -36,12 +36,14 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .embedded import PHOTOS, load_embedded
-from .fashion_mnist import load_fashion_mnist
+from .fashion_mnist import count_fashion_mnist, load_fashion_mnist
 from .loader import epoch_seed, make_loader
-from .sources import ArrayDataset, DataNotFound, imagefolder_dirs, load_cifar, load_digits, load_fake
+from .sources import (ArrayDataset, DataNotFound, count_cifar, count_imagefolder, imagefolder_dirs, load_cifar,
+                      load_digits, load_fake)
 from .transforms import SMALL_MAX, imagefolder_transforms, mixup_fn, train_transform, val_transform
 
-__all__ = ["DataBundle", "DataNotFound", "build_data", "make_loader", "data_root", "epoch_seed", "ArrayDataset"]
+__all__ = ["DataBundle", "DataNotFound", "build_data", "count_images", "make_loader", "data_root", "epoch_seed",
+           "ArrayDataset"]
 
 LIMIT_SEED = 0  # fixed: the train_limit subset is the same for every run seed
 PRESIZE_MAX_BYTES = 256 * 2**20  # small inputs: resize in-memory sets once if the result fits in this
@@ -146,6 +148,30 @@ def _in_memory(cfg, root: Path) -> tuple[ArrayDataset, ArrayDataset, str, Option
         what = f"{'CIFAR-10' if d.name == 'cifar10' else 'CIFAR-100'} from {root}"
         stats = CIFAR_STATS[d.name]
     return train, val, what, stats
+
+
+def count_images(cfg) -> tuple[int, int]:
+    """(train, val) images ``build_data(cfg)`` would give, limits applied, opening each source cheaply: counts
+    from indexes, headers and label lists, never the images; a missing or malformed source is a DataNotFound."""
+    from .embedded import TRAIN_PER_CLASS, VAL_PER_CLASS
+
+    d = cfg.data
+    root = data_root(cfg)
+    if d.name == "embedded":
+        n_train, n_val = TRAIN_PER_CLASS * len(PHOTOS), VAL_PER_CLASS * len(PHOTOS)
+    elif d.name == "digits":
+        (_, ytr), (_, yva), _ = load_digits()
+        n_train, n_val = len(ytr), len(yva)
+    elif d.name == "fashion_mnist":
+        n_train, n_val = count_fashion_mnist(Path(d.root).expanduser() if d.root else None, root, d.download)
+    elif d.name == "fake":
+        n_train, n_val = d.fake_size, max(1, d.fake_size // 4)
+    elif d.name == "imagefolder":
+        n_train, n_val = count_imagefolder(root)
+    else:  # cifar10, cifar100
+        n_train, n_val = count_cifar(d.name, root, d.download)
+    limit = lambda n, lim: n if lim is None else min(n, lim)  # noqa: E731
+    return limit(n_train, d.train_limit), limit(n_val, d.val_limit)
 
 
 def build_data(cfg) -> DataBundle:

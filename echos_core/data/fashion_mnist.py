@@ -26,7 +26,8 @@ import numpy as np
 
 from .sources import DataNotFound
 
-__all__ = ["DEBIAN_ROOT", "FILES", "CLASSES", "read_idx", "find_fashion_mnist", "load_fashion_mnist"]
+__all__ = ["DEBIAN_ROOT", "FILES", "CLASSES", "read_idx", "idx_count", "find_fashion_mnist", "load_fashion_mnist",
+           "count_fashion_mnist"]
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -116,3 +117,34 @@ def load_fashion_mnist(root: Optional[Path], cache: Path, download: bool = False
             raise _bad(lpath, f"label {int(y.max())} out of range (Fashion-MNIST has {len(CLASSES)} classes)")
         splits.append((np.repeat(x[..., None], 3, axis=-1), y.astype(np.int64)))
     return splits[0], splits[1], CLASSES
+
+
+def idx_count(path: Path) -> int:
+    """The first dimension of an IDX file (plain or gzipped), read from its header only."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(8)
+    except (OSError, EOFError) as e:
+        raise _bad(path, f"cannot be read ({type(e).__name__})") from None
+    if len(head) < 8 or head[:2] != b"\0\0" or head[2] != _UBYTE:
+        raise _bad(path, "not an unsigned-byte IDX file")
+    return int(np.frombuffer(head, dtype=">i4", count=1, offset=4)[0])
+
+
+def count_fashion_mnist(root: Optional[Path], cache: Path, download: bool) -> tuple[int, int]:
+    """(train, val) images, from the IDX headers (nothing else is read); the official counts when the files
+    are missing and ``download`` would fetch them."""
+    try:
+        folder = find_fashion_mnist(root, cache, download=False)
+    except DataNotFound:
+        if download:
+            return 60000, 10000
+        raise
+    counts = []
+    for images_name, labels_name in FILES.values():
+        n_img, n_lab = idx_count(_file(folder, images_name)), idx_count(_file(folder, labels_name))
+        if n_img != n_lab:
+            raise _bad(_file(folder, images_name), f"{n_img} images but {labels_name} has {n_lab} labels")
+        counts.append(n_img)
+    return counts[0], counts[1]

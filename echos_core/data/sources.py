@@ -30,7 +30,8 @@ import torch
 
 from ..config import ConfigError
 
-__all__ = ["DataNotFound", "ArrayDataset", "load_digits", "load_fake", "load_cifar", "imagefolder_dirs", "CIFAR"]
+__all__ = ["DataNotFound", "ArrayDataset", "load_digits", "load_fake", "load_cifar", "imagefolder_dirs", "CIFAR",
+           "count_cifar", "count_imagefolder"]
 
 DIGITS_SEED = 0
 FAKE_SEED = 0
@@ -154,11 +155,7 @@ def load_cifar(name: str, root: Path, download: bool) -> tuple[tuple, tuple, tup
             reason = (str(e).splitlines() or [""])[0]
             raise DataNotFound("data.root", str(root),
                                f"downloading {spec['pretty']} into {root} failed ({type(e).__name__}: {reason})") from None
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise DataNotFound("data.root", str(root),
-                           f"{spec['pretty']} not found at {folder} (missing {', '.join(missing)}); "
-                           f"data.download=true fetches it")
+    _require_cifar(name, root)
     splits = []
     for split in ("train", "val"):
         parts = [_read_batch(folder / f) for f in spec[split]]
@@ -169,6 +166,40 @@ def load_cifar(name: str, root: Path, download: bool) -> tuple[tuple, tuple, tup
         raise DataNotFound("data.root", str(root), f"{folder / spec['meta'][0]} lists {len(classes)} classes, "
                                                    f"{spec['pretty']} has {spec['classes']}")
     return splits[0], splits[1], classes
+
+
+def _require_cifar(name: str, root: Path) -> Path:
+    """The CIFAR folder under ``root``, or a one-line error naming the missing files."""
+    spec = CIFAR[name]
+    folder = Path(root) / spec["folder"]
+    missing = [f for f in spec["train"] + spec["val"] + [spec["meta"][0]] if not (folder / f).is_file()]
+    if missing:
+        raise DataNotFound("data.root", str(root),
+                           f"{spec['pretty']} not found at {folder} (missing {', '.join(missing)}); "
+                           f"data.download=true fetches it")
+    return folder
+
+
+def count_cifar(name: str, root: Path, download: bool) -> tuple[int, int]:
+    """(train, val) images of the CIFAR folder under ``root`` (its label lists only); the official counts when
+    the files are missing and ``download`` would fetch them."""
+    try:
+        folder = _require_cifar(name, root)
+    except DataNotFound:
+        if download:
+            return 50000, 10000
+        raise
+    counts = []
+    for split in ("train", "val"):
+        n = 0
+        for f in CIFAR[name][split]:
+            try:
+                n += len(_read_batch(folder / f)[1])
+            except Exception as e:  # not a CIFAR batch: one line, naming the file
+                raise DataNotFound("data.root", str(root), f"{folder / f} is not a {CIFAR[name]['pretty']} "
+                                                           f"batch file ({type(e).__name__})") from None
+        counts.append(n)
+    return counts[0], counts[1]
 
 
 # --------------------------------------------------------------------------- ImageFolder
@@ -184,3 +215,21 @@ def imagefolder_dirs(root: Path) -> tuple[Path, Path]:
         raise DataNotFound("data.root", str(root),
                            f"no {what} folder at {root}; imagefolder needs root/train/<class>/* and root/val/<class>/*")
     return train, val
+
+
+def count_imagefolder(root: Path) -> tuple[int, int]:
+    """(train, val) images of an ImageFolder tree, from its file index (no image is opened)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    counts, classes = [], []
+    for d in imagefolder_dirs(root):
+        try:
+            found, class_to_idx = find_classes(str(d))
+            counts.append(len(make_dataset(str(d), class_to_idx, extensions=IMG_EXTENSIONS)))
+        except FileNotFoundError as e:  # no class folder, or no image in one
+            raise DataNotFound("data.root", str(root), f"{d}: {' '.join(str(e).split())[:300]}") from None
+        classes.append(found)
+    if classes[0] != classes[1]:
+        raise DataNotFound("data.root", str(root), f"the val classes {classes[1][:5]}... differ from the train "
+                                                   f"classes {classes[0][:5]}...")
+    return counts[0], counts[1]

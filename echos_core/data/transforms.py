@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..config import SMALL_MAX, AugmentConfig
 
 __all__ = ["SMALL_MAX", "resize_uint8", "reflect_index", "reflect_crop", "SmallTrainTransform", "ResizeNormalize",
-           "train_transform", "val_transform", "imagefolder_transforms", "mixup_fn"]
+           "train_transform", "val_transform", "imagefolder_transforms", "mixup_fn", "uses_mixup"]
 
 
 def resize_uint8(imgs: torch.Tensor, size: int) -> torch.Tensor:
@@ -170,9 +170,14 @@ def val_transform(size: int, mean: tuple, std: tuple):
     return ResizeNormalize(size, mean, std)
 
 
+def uses_mixup(aug: AugmentConfig) -> bool:
+    """Mixup or CutMix is on (batches then pair their images)."""
+    return aug.mixup > 0 or aug.cutmix > 0
+
+
 def mixup_fn(aug: AugmentConfig, label_smoothing: float, num_classes: int):
     """``timm.data.Mixup`` when mixup or CutMix is on, else None."""
-    if aug.mixup <= 0 and aug.cutmix <= 0:
+    if not uses_mixup(aug):
         return None
     from timm.data import Mixup
 

@@ -62,7 +62,10 @@ def register(sub) -> None:
 
 
 def _cmd_other_kernels(args) -> int:
+    from ..validation import check_writable
     from .other_kernels import write_other_kernels
+
+    check_writable("--out", args.out)
 
     out = write_other_kernels(args.sweep_dir, args.out)
     print((out / "summary.md").read_text())
@@ -88,6 +91,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if (args.sweep is None) == (args.from_csv is None):
         raise ReportError("SWEEP: give a sweep name or spec, or --from-csv DIR (exactly one)")
+    if args.out:
+        from ..validation import check_writable
+
+        check_writable("--out", args.out)
     if args.from_csv:
         return _report_from_csv(args)
     name, experiment, spec_uri, spec_path = args.sweep, args.experiment, None, _spec_target(args.sweep)
@@ -103,6 +110,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.analysis:
         analysis = load_analysis(args.analysis)
     tracking_uri = resolve_tracking_uri(args.tracking_uri or spec_uri)
+    from ..sweep.preflight import check_tracking
+
+    check_tracking(tracking_uri, "--tracking-uri" if args.tracking_uri else "mlflow.tracking_uri", write=False)
 
     from .build import build_report
     from .load import load_sweep
@@ -152,21 +162,17 @@ def _print_summary(rep, runs, name: str, metric: str) -> None:
 
 def load_analysis(path: str | Path):
     """The declared analysis in ``path``: a sweep spec's ``analysis:`` section, or an ``analysis.yaml``."""
-    import yaml
-
     from ..sweep.analysis_spec import analysis_from_dict
     from ..sweep.spec import load_spec
+    from ..validation import load_yaml
     from .load import ReportError
 
     p = Path(path)
     if not p.is_file():
         raise ReportError(f"--analysis {path}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ReportError(f"--analysis {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    data = load_yaml(p, "--analysis")
     if isinstance(data, dict) and "base" in data:  # a sweep spec
-        an = load_spec(p, check_configs=False).analysis
+        an = load_spec(p).analysis
         if an is None:
             raise ReportError(f"--analysis {path}: the spec has no `analysis:` section")
         return an

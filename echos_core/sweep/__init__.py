@@ -7,7 +7,7 @@
 * :mod:`.runner`    Tuner, search, scheduler, Ray start-up, resume
 * :mod:`.status`    the driver-side Tune callback marking how each trial ended in MLflow
 * :mod:`.summary`   what ``--dry-run`` and the end of a sweep print
-* :mod:`.cli`       ``echos sweep`` and ``echos ui``
+* :mod:`.cli`       ``echos sweep``
 
 Nothing here imports Ray or MLflow at package import; they load when a sweep runs.
 """

@@ -1,16 +1,9 @@
-"""``echos sweep`` and ``echos ui``.  Ray and MLflow are imported inside the commands only."""
+"""``echos sweep``.  Ray and MLflow are imported inside the command only."""
 
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
-from ..config import ConfigError
 
 __all__ = ["register"]
 
@@ -34,17 +27,10 @@ def register(sub) -> None:
     p.add_argument("--storage-path", metavar="PATH", help="override ray.storage_path of the spec")
     p.set_defaults(func=_cmd_sweep)
 
-    u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the sweep store",
-                       description="Start `mlflow server` on 127.0.0.1 (the UI and its REST API) against "
-                                   "the default store (sqlite:///mlflow.db in this folder) or --backend-store-uri.")
-    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
-    u.add_argument("--backend-store-uri", metavar="URI", help="MLflow store (default: $MLFLOW_TRACKING_URI "
-                                                              "or sqlite:///mlflow.db)")
-    u.set_defaults(func=_cmd_ui)
-
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..tracking import resolve_tracking_uri
+    from .preflight import preflight
     from .runner import resolve_storage
     from .smoke import smoke_spec
     from .spec import SpecError, load_spec
@@ -63,7 +49,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         n_checked = check_trainer_configs(spec)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
+    checked = preflight(spec, tracking_uri, storage, args.address)  # data, resources, tracking, storage
     print(describe_spec(spec, tracking_uri, storage, n_checked), flush=True)
+    for line in checked:
+        print(f"preflight: {line}")
     for n in notes:
         print(f"smoke test: {n}")
     if args.dry_run:
@@ -78,57 +67,3 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .runner import run_sweep
 
     return run_sweep(spec, address=args.address, resume=args.resume)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _cmd_ui(args: argparse.Namespace) -> int:
-    from ..tracking import resolve_tracking_uri
-
-    if not 1 <= args.port <= 65535:
-        raise ConfigError("--port", args.port, "must be in 1..65535")
-    uri = resolve_tracking_uri(args.backend_store_uri)
-    if uri.startswith(("http://", "https://")):
-        print(f"{uri} is already a tracking server: open it in a browser")
-        return 0
-    if not _port_free(args.port):
-        raise ConfigError("--port", args.port, "is in use on 127.0.0.1; pick another, e.g. --port 5001")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(args.port),
-           "--backend-store-uri", uri, "--workers", "1"]
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.exists():
-            print(f"note: {db} does not exist yet (no runs logged there); the UI will be empty")
-        cmd += ["--artifacts-destination", str(db.parent / "mlartifacts")]
-    proc = subprocess.Popen(cmd)
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        if proc.poll() is not None:
-            return proc.returncode or 1
-        print(f"MLflow UI: {url}  (store {uri}); Ctrl-C stops it", flush=True)
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()

@@ -13,7 +13,7 @@ The pattern of Ray's "Hyperparameter Tuning with Ray Tune" guide for Train V2:
 * ``TuneReportCallback`` passes rank 0's result of every epoch to Tune: ASHA and Optuna see
   one result per epoch per trial, as for a single-process trial.
 
-The Train run of a trial is ``<sweep storage>/train/trial_<id>``.  A trial that Tune starts
+The Train run of a trial is ``<storage>/<sweep id>/train/trial_<id>``.  A trial that Tune starts
 again (after a failure of its own process, or ``echos sweep --resume``) starts a ``TorchTrainer``
 with the same name and storage, which Ray Train restores from its latest checkpoint; the MLflow
 run is found again by its sweep and trial tags, and epochs it already holds are not logged again.
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from ..tracking import TAG_ASHA_STOPPED, TAG_NODES, TAG_STATUS, TAG_WORLD_SIZE
 from .spec import DRIVER_CPUS, SweepSpec
-from .trainable import TrialContext, log_epoch_once, mark_failed, open_trial_run, trial_config, trial_seed
+from .trainable import (TrialContext, log_epoch_once, mark_failed, open_trial_run, trial_config, trial_dirname,
+                        trial_seed)
 
 __all__ = ["trial_trainable", "run_ddp_trial"]
 
@@ -66,15 +67,15 @@ def run_ddp_trial(config: dict, ctx: TrialContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg_dict = trial_config(config, spec)
     cfg = config_from_dict(cfg_dict)
-    run = open_trial_run(ctx, cfg, config, tags={TAG_WORLD_SIZE: spec.workers})
+    run, missing = open_trial_run(ctx, cfg, config, tags={TAG_WORLD_SIZE: spec.workers})
     job = {"cfg": cfg_dict, "gpu": spec.gpus > 0, "tracking_uri": ctx.tracking_uri, "experiment": spec.experiment,
-           "run_id": run.run_id,
+           "run_id": run.run_id, "missing": sorted(missing),
            "extra": {"seed": trial_seed(config, spec), "max_epochs": cfg.train.epochs, "mlflow_run_id": run.run_id,
                      "node_id": ray.get_runtime_context().get_node_id()}}
     trainer = TorchTrainer(
         _worker_loop, train_loop_config=job, scaling_config=_scaling(spec),
         run_config=ray.train.RunConfig(
-            name=f"trial_{trial_id}", storage_path=f"{ctx.storage}/train",
+            name=trial_dirname(trial_id), storage_path=f"{ctx.storage}/{ctx.sweep_id}/train",
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             callbacks=[TuneReportCallback()]))
@@ -109,11 +110,11 @@ def _worker_loop(job: dict) -> None:
     parallel = DataParallel(rank, world, torch.device(cfg.train.device) if job["gpu"] else None)
     nodes = parallel.gather(ray.get_runtime_context().get_node_id())
     work = Path(tempfile.mkdtemp(prefix=f"echos-rank{rank}-"))
-    run, logged = None, set()
+    run, logged, missing = None, set(), set(job["missing"])
     if parallel.is_main:
         run = MlflowRun(job["tracking_uri"], job["experiment"], None, {}, run_id=job["run_id"])
         run.set_tags({TAG_WORLD_SIZE: world, TAG_NODES: ",".join(nodes)})
-        logged = run.logged_steps("epoch")
+        logged = run.logged_steps()
     resume_from = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # every rank restores the same (rank 0's) checkpoint
@@ -121,7 +122,7 @@ def _worker_loop(job: dict) -> None:
 
     def on_epoch(metrics: dict, checkpoint_dir) -> None:
         if run is not None:
-            log_epoch_once(run, logged, metrics, work / "run")
+            log_epoch_once(run, logged, missing, metrics, work / "run")
         saved = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
         ray.train.report({**metrics, **job["extra"]}, checkpoint=saved)
 

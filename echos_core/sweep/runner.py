@@ -16,24 +16,37 @@ Composition (all of it Ray Tune's and Optuna's own machinery)::
 
 Every sweep run is a Ray experiment ``<storage>/<name>-<YYYYmmdd-HHMMSS>`` (the sweep id) with
 ``echos_sweep.json`` beside Ray's state: the spec as run and the MLflow parent run.  ``--resume``
-picks the newest such folder of this sweep name and calls ``Tuner.restore`` on it.
+picks the newest such folder of this sweep name and calls ``Tuner.restore`` on it.  A new id's folder
+is claimed atomically, and the driver holds ``.echos-driver.lock`` in it while it runs, so two launches
+never share an id and a second driver of one sweep is refused.
+
+:func:`run_sweep` returns the exit status: 0 when every trial finished or was stopped by the scheduler,
+1 when a trial failed for good (named on stderr), 130 when the driver was interrupted (SIGINT/SIGTERM: the
+trials it stopped and the parent run are marked interrupted, never FINISHED).  The parent run never stays
+RUNNING on any other exit path either, and a local Ray instance never outlives its driver (a watchdog
+process ends it if the driver is killed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from ..tracking import ROLE_SWEEP, TAG_ROLE, TAG_STATUS, TAG_STORAGE, TAG_SWEEP, TAG_SWEEP_ID
 from ..config import flatten
+from ..validation import short_repr
 from .spec import SpecError, SweepSpec
-from .summary import summarise
 from .ddp import trial_trainable
-from .trainable import TrialContext
+from .parent import finish_parent
+from .summary import summarise, where_lines
+from .trainable import TrialContext, trial_dirname
 
 __all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
 
@@ -155,11 +168,11 @@ def _scheduler(spec: SweepSpec):
 
 
 def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial_dirname(trial.trial_id)
 
 
-def _reporter(spec: SweepSpec):
-    from ray.tune import CLIReporter
+def _reporter(spec: SweepSpec, exp_path: str):
+    from .status import SweepReporter
 
     params = {p.key: p.key.rsplit(".", 1)[-1] if not p.is_arm else p.key for p in spec.params}
     if spec.search.algorithm == "grid":
@@ -169,9 +182,8 @@ def _reporter(spec: SweepSpec):
         metrics.setdefault(m, m)
     if spec.search.algorithm != "grid":
         metrics["seed"] = "seed"
-    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=15,
-                       sort_by_metric=True, max_progress_rows=30,
-                       max_column_length=28)
+    return SweepReporter(exp_path, parameter_columns=params, metric_columns=metrics, max_report_frequency=15,
+                         sort_by_metric=True, max_progress_rows=30, max_column_length=28)
 
 
 # --------------------------------------------------------------------------- running
@@ -184,10 +196,20 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
+        import fcntl
+        import tempfile
+
         num_cpus = spec.num_cpus or os.cpu_count() or 1
-        # address="local": always a fresh instance of our own, never a cluster someone else started here.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
+        # One local start-up at a time on this machine: two drivers launched together would each start
+        # a Ray instance at once, and on a loaded machine one of them times out.
+        with open(Path(tempfile.gettempdir()) / "echos-ray-start.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                # address="local": always a fresh instance of our own, never a cluster someone else started.
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                         object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
     res = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     print(f"ray: {'cluster ' + address if address else 'local instance'}: {len(nodes)} node(s), "
@@ -238,12 +260,13 @@ def _parent_params(spec: SweepSpec) -> dict:
 
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = False,
               out: TextIO = sys.stdout) -> int:
-    """Run (or ``resume``) the sweep; print progress and the best trial.  Returns an exit status."""
+    """Run (or ``resume``) the sweep; print progress and the summary.  Returns the exit status: 0 when every
+    trial finished or was stopped by the scheduler, 1 when a trial failed for good, 130 when interrupted."""
     for k, v in _WORKER_ENV.items():
         os.environ.setdefault(k, v)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray's CLIReporter table with our metric columns
 
-    from ..tracking import MlflowRun, is_remote_tracking_uri, resolve_tracking_uri
+    from ..tracking import is_remote_tracking_uri, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
@@ -255,7 +278,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
             print(f"echos: warning: ray.storage_path {storage} is a local folder; on a cluster it must be shared "
                   "by every node (NFS) or be a bucket URI (s3://...)", file=sys.stderr)
 
-    # ---- which sweep: new, or the newest of this name to resume
+    # ---- which sweep: new (a fresh id, claimed), or the newest of this name to resume
     if resume:
         ids = find_sweep_dirs(storage, spec.name)
         if not ids:
@@ -265,26 +288,34 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         _check_same_spec(spec, saved, tracking_uri)
         parent_run_id = saved.get("parent_run_id")
     else:
-        sweep_id = f"{spec.name}-{time.strftime(_TS_FORMAT)}"
-        while find_sweep_dirs(storage, spec.name)[-1:] == [sweep_id]:
-            time.sleep(1.0)
-            sweep_id = f"{spec.name}-{time.strftime(_TS_FORMAT)}"
-        parent_run_id = None
+        sweep_id, parent_run_id = _claim_sweep_id(storage, spec.name), None
+    with _driver_lock(storage, sweep_id):
+        _init_ray(spec, address, out)
+        import ray
+
+        watchdog = None if address else _start_watchdog()
+        try:
+            _check_fits(spec, address)
+            return _run_with_parent(spec, sweep_id, parent_run_id, tracking_uri, storage, resume, out)
+        finally:
+            ray.shutdown()
+            if watchdog is not None:
+                watchdog.kill()
+                watchdog.wait()
+
+
+def _run_with_parent(spec: SweepSpec, sweep_id: str, parent_run_id: Optional[str], tracking_uri: str, storage: str,
+                     resume: bool, out: TextIO) -> int:
+    """Create (or reopen) the sweep's parent run and fit; the parent never stays RUNNING, whatever happens."""
+    from ..tracking import TAG_ERROR, MlflowRun
+
     exp_path = f"{storage}/{sweep_id}"
-
-    _init_ray(spec, address, out)
-    import ray
-    from ray import tune
-
-    from .status import MlflowTrialStatus
-
+    _create_store(tracking_uri)
+    parent = MlflowRun(tracking_uri, spec.experiment, sweep_id, _parent_params(spec),
+                       {TAG_SWEEP: spec.name, TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_SWEEP,
+                        TAG_STATUS: "running", TAG_STORAGE: exp_path},
+                       run_id=parent_run_id)
     try:
-        _check_fits(spec, address)
-        # ---- the sweep's parent run in MLflow (the driver creates the experiment and the store)
-        parent = MlflowRun(tracking_uri, spec.experiment, sweep_id, _parent_params(spec),
-                           {TAG_SWEEP: spec.name, TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_SWEEP,
-                            TAG_STATUS: "running", TAG_STORAGE: exp_path},
-                           run_id=parent_run_id)
         if not resume:
             _write_json(storage, f"{sweep_id}/{SWEEP_FILE}", {
                 "sweep_id": sweep_id, "name": spec.name, "parent_run_id": parent.run_id,
@@ -294,49 +325,237 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
                 parent.log_artifact(spec.source)
         print(f"{'resuming' if resume else 'starting'} sweep {sweep_id}: {spec.n_trials} trials -> {exp_path}",
               file=out, flush=True)
-        ctx = TrialContext(spec=spec, sweep_id=sweep_id, tracking_uri=tracking_uri, parent_run_id=parent.run_id,
-                           storage=exp_path)
-        trainable = trial_trainable(spec, ctx)  # one process per trial, or Ray Train's workers (.ddp)
-        if resume:
-            if not tune.Tuner.can_restore(exp_path):
-                raise SpecError("--resume", sweep_id, f"{exp_path} holds no Ray Tune state to restore (the sweep "
-                                                      "stopped before its first trial); start it again without --resume")
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            callback = MlflowTrialStatus(tracking_uri, spec.experiment, sweep_id)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=_param_space(spec),
-                tune_config=tune.TuneConfig(
-                    metric=spec.metric, mode=spec.mode, search_alg=_search_alg(spec, _max_concurrent(spec)),
-                    scheduler=_scheduler(spec), num_samples=spec.n_trials if spec.search.algorithm != "grid" else 1,
-                    max_concurrent_trials=_max_concurrent(spec) if spec.search.algorithm == "grid" else None,
-                    trial_dirname_creator=_trial_dirname,
-                    # one worker process per slot: torch & co. import once, not per trial (a data-parallel
-                    # trial's process only waits on Ray Train: a fresh one per trial, as Ray requires)
-                    reuse_actors=spec.workers == 1),
-                run_config=tune.RunConfig(
-                    name=sweep_id, storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
-                                                            checkpoint_score_attribute=spec.metric,
-                                                            checkpoint_score_order=spec.mode),
-                    callbacks=[callback], progress_reporter=_reporter(spec), verbose=1),
-            )
-        t0 = time.time()
-        results = tuner.fit()
-        wall = time.time() - t0
-        summary = summarise(spec, results, wall, tracking_uri, sweep_id, parent.run_id, out)
-        parent.set_tags({TAG_STATUS: "finished", **summary})
-        parent.end("FINISHED")
-    finally:
-        ray.shutdown()
+        return _fit(spec, sweep_id, parent, tracking_uri, storage, resume, out)
+    except BaseException as e:  # interrupted outside Tune's loop, or a failure of the driver itself
+        interrupted = isinstance(e, KeyboardInterrupt)
+        _end_quietly(parent, "KILLED" if interrupted else "FAILED",
+                     {TAG_STATUS: "interrupted" if interrupted else "error",
+                      **({} if interrupted else {TAG_ERROR: " ".join(f"{type(e).__name__}: {e}".split())[:500]})})
+        raise
+
+
+def _create_store(tracking_uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock: two drivers starting at once on a new store
+    would otherwise both run MLflow's schema migrations and both fail."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    from ..tracking import mlflow_client
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    with open(db.parent / f".{db.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow_client(tracking_uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _end_quietly(run, status: str, tags: dict) -> None:
+    try:
+        run.set_tags(tags)
+    except Exception as e:  # the store may be what failed; the run must still be ended if it can be
+        print(f"echos: warning: could not tag the sweep's parent run: {e}", file=sys.stderr)
+    try:
+        run.end(status)
+    except Exception as e:
+        print(f"echos: warning: could not end the sweep's parent run {run.run_id} ({status}): {e}", file=sys.stderr)
+
+
+def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str, resume: bool, out: TextIO) -> int:
+    from ray import tune
+
+    from .status import MlflowTrialStatus, interruption
+
+    exp_path = f"{storage}/{sweep_id}"
+    ctx = TrialContext(spec=spec, sweep_id=sweep_id, tracking_uri=tracking_uri, parent_run_id=parent.run_id,
+                       storage=storage)
+    trainable = trial_trainable(spec, ctx)  # one process per trial, or Ray Train's workers (.ddp)
+    if resume:
+        if not tune.Tuner.can_restore(exp_path):
+            raise SpecError("--resume", sweep_id, f"{exp_path} holds no Ray Tune state to restore (the sweep "
+                                                  "stopped before its first trial); start it again without --resume")
+        # (the restored tuner runs with the MlflowTrialStatus callback it was started with)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        callback = MlflowTrialStatus(tracking_uri, spec.experiment, sweep_id)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, search_alg=_search_alg(spec, _max_concurrent(spec)),
+                scheduler=_scheduler(spec), num_samples=spec.n_trials if spec.search.algorithm != "grid" else 1,
+                max_concurrent_trials=_max_concurrent(spec) if spec.search.algorithm == "grid" else None,
+                trial_dirname_creator=_trial_dirname,
+                # one worker process per slot: torch & co. import once, not per trial (a data-parallel
+                # trial's process only waits on Ray Train: a fresh one per trial, as Ray requires)
+                reuse_actors=spec.workers == 1),
+            run_config=tune.RunConfig(
+                name=sweep_id, storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
+                                                        checkpoint_score_attribute=spec.metric,
+                                                        checkpoint_score_order=spec.mode),
+                callbacks=[callback], progress_reporter=_reporter(spec, exp_path), verbose=1),
+        )
+    t0 = time.time()
+    results = tuner.fit()
+    wall = time.time() - t0
+    signame = interruption(sweep_id)
+    if signame:
+        return _report_interrupted(spec, sweep_id, parent, results, signame, out)
+    summary = summarise(spec, results, wall, sweep_id, out)
+    failed = [r for r in results if r.error is not None]
+    parent.set_tags({TAG_STATUS: "error" if failed else "finished", **summary.tags})
+    finish_parent(parent, spec, summary, sweep_id, out)
+    parent.end("FAILED" if failed else "FINISHED")
+    print("\n".join(where_lines(spec, tracking_uri, parent.run_id, parent.experiment_id)), file=out, flush=True)
+    if failed:
+        print(f"echos: error: {len(failed)} of {len(results)} trials failed: "
+              + "; ".join(f"{_trial_id(r)} ({_error_line(r.error)})" for r in failed[:10])
+              + (f"; ... {len(failed) - 10} more" if len(failed) > 10 else ""), file=sys.stderr)
+        return 1
     return 0
 
 
+def _trial_id(result) -> str:
+    return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+
+
+def _error_line(error: BaseException) -> str:
+    """The last line of a (Ray-wrapped) error: ``TrainingDiverged: ...``, not the traceback."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _report_interrupted(spec: SweepSpec, sweep_id: str, parent, results, signame: str, out: TextIO) -> int:
+    """An interrupted sweep says so, marks its parent run, and tells how to continue; exit status 130."""
+    done = sum(1 for r in results if r.error is None and (r.metrics or {}).get("epoch") is not None
+               and (r.metrics or {}).get("max_epochs") is not None
+               and int(r.metrics["epoch"]) >= int(r.metrics["max_epochs"]))
+    _end_quietly(parent, "KILLED", {TAG_STATUS: "interrupted"})
+    again = shlex.join(["echos", "sweep", spec.source or f"{spec.name}.yaml", "--resume"])
+    print(f"\nsweep {sweep_id} interrupted ({signame}): {done} of {spec.n_trials} trials had finished; the "
+          f"others are marked interrupted (KILLED) in MLflow and no result is final. Continue it with: {again}",
+          file=out, flush=True)
+    return 130
+
+
+def _claim_sweep_id(storage: str, name: str) -> str:
+    """A new sweep id ``<name>-<YYYYmmdd-HHMMSS>`` that no other launch has: on local storage its folder is
+    created atomically (a second launch in the same second takes the next second)."""
+    for _ in range(120):
+        sweep_id = f"{name}-{time.strftime(_TS_FORMAT)}"
+        if "://" in storage:
+            if not find_sweep_dirs(storage, name)[-1:] == [sweep_id]:
+                return sweep_id
+        else:
+            Path(storage).mkdir(parents=True, exist_ok=True)
+            try:
+                (Path(storage) / sweep_id).mkdir()
+                return sweep_id
+            except FileExistsError:
+                pass
+        time.sleep(1.0)
+    raise SpecError("ray.storage_path", storage, f"no free sweep id for {name} after 120 s")
+
+
+@contextmanager
+def _driver_lock(storage: str, sweep_id: str):
+    """Hold ``<storage>/<sweep id>/.echos-driver.lock`` while this driver runs (local storage): a second
+    driver of the same sweep (a concurrent --resume) is refused with one line.  The kernel frees the lock
+    when the driver dies, even by SIGKILL."""
+    if "://" in storage:
+        yield
+        return
+    import fcntl
+
+    folder = Path(storage) / sweep_id
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".echos-driver.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise SpecError("--resume", sweep_id, f"is being run by another driver ({holder}) on {storage}; "
+                                                  "wait for it to end, or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# The watchdog (run with ``python -c``): while the driver (its parent) lives, note every process of the Ray
+# instance it started (the given roots and all their descendants, with their start times, from /proc) once a
+# second; when the driver is gone, end each noted process that is still the same process.
+_WATCHDOG = """
+import os, signal, sys, time
+driver, roots = int(sys.argv[1]), {int(p) for p in sys.argv[2:]}
+
+def table():
+    out = {}
+    for d in os.listdir("/proc"):
+        try:
+            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            out[int(d)] = (int(f[1]), f[19])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+noted = {}
+while True:
+    procs = table()
+    children = {}
+    for c, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(c)
+    todo, seen = list(roots), set()
+    while todo:
+        p = todo.pop()
+        if p in procs and p not in seen:
+            seen.add(p)
+            noted.setdefault(p, procs[p][1])
+            todo.extend(children.get(p, []))
+    if os.getppid() != driver:
+        break
+    time.sleep(1)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    procs = table()
+    for p, start in noted.items():
+        if p in procs and procs[p][1] == start:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+    time.sleep(3)
+"""
+
+
+def _start_watchdog():
+    """A small process that ends the local Ray instance's processes if this driver dies without
+    ``ray.shutdown()`` (SIGKILL): a local instance never outlives the driver that started it."""
+    import subprocess
+
+    import ray
+
+    node = ray._private.worker._global_node  # the local head node this driver started
+    pids = [p.process.pid for infos in node.all_processes.values() for p in infos if p.process is not None]
+    code = _WATCHDOG
+    return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), *map(str, pids)],
+                            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def _check_same_spec(spec: SweepSpec, saved: dict, tracking_uri: str) -> None:
-    old = flatten(saved.get("spec") or {})
-    new = flatten(json.loads(json.dumps(spec.summary_dict(), default=str)))
+    old_spec = dict(saved.get("spec") or {})
+    new_spec = json.loads(json.dumps(spec.summary_dict(), default=str))
+    _check_same_space(old_spec.pop("params", None) or [], new_spec.pop("params", None) or [])
+    old, new = flatten(old_spec), flatten(new_spec)
     for key in ("num_cpus", "max_concurrent", "description"):  # how it runs here, not what it runs
         old.pop(key, None)
         new.pop(key, None)
@@ -346,10 +565,32 @@ def _check_same_spec(spec: SweepSpec, saved: dict, tracking_uri: str) -> None:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise SpecError(f"--resume {key}", new.get(key),
-                            f"differs from the sweep being resumed ({old.get(key)!r}); resume with the spec "
-                            "as it was started, or start a new sweep")
+                            f"differs from the sweep being resumed ({short_repr(old.get(key))}); resume with the "
+                            "spec as it was started, or start a new sweep")
     if saved.get("tracking_uri") and saved["tracking_uri"] != tracking_uri:
         raise SpecError("--resume mlflow.tracking_uri", tracking_uri,
                         f"differs from the sweep being resumed ({saved['tracking_uri']})")
 
 
+
+
+def _check_same_space(old: list, new: list) -> None:
+    """The space of a resumed sweep must be the one it was started with: one line naming ``space.<key>``."""
+    old_by, new_by = {p.get("key"): p for p in old}, {p.get("key"): p for p in new}
+    for key in list(new_by) + [k for k in old_by if k not in new_by]:
+        a, b = old_by.get(key), new_by.get(key)
+        if a == b:
+            continue
+        if a is None or b is None:
+            raise SpecError(f"--resume space.{key}", "added" if a is None else "removed",
+                            "the sweep being resumed has a different space; resume with the spec as it was started")
+        what = next(k for k in ("type", "arms", "values", "low", "high", "step") if a.get(k) != b.get(k))
+        if what == "arms":
+            was, now = list(a.get("arms") or {}), list(b.get("arms") or {})
+            changed = [label for label in now if label not in was or a["arms"][label] != b["arms"][label]]
+            detail = (f"arm {short_repr(changed[0])} is not the arm of that name in the sweep being resumed"
+                      if changed else f"arms {short_repr([x for x in was if x not in now])} are missing")
+        else:
+            detail = f"{what} is {short_repr(b.get(what))}, was {short_repr(a.get(what))}"
+        raise SpecError.at(f"--resume space.{key}", f"{detail}; resume with the spec as it was started, "
+                                                    "or start a new sweep")

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from ..config import Config, ConfigError, _known_paths, apply_overrides, config_from_dict, set_dotted
-from ..validation import choice, float_range, int_range, is_int, is_number, nonempty
+from ..validation import choice, float_range, int_range, is_int, is_number, load_yaml, nonempty
 from .analysis_spec import AnalysisSpec, parse_analysis
 
 __all__ = [
@@ -323,12 +323,7 @@ def load_spec(path: str | Path, *, tracking_uri: Optional[str] = None,
     The trainer configs its space can produce are checked by
     :func:`echos_core.sweep.validate.check_trainer_configs`, which the caller runs."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError("SPEC", str(path), "file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError("SPEC", str(path), f"is not valid YAML: {' '.join(str(e).split())}") from None
+    data = load_yaml(p, "SPEC", error=SpecError)
     if not isinstance(data, dict):
         raise SpecError("SPEC", str(path), "must contain a mapping at the top level")
     if tracking_uri is not None:
@@ -458,10 +453,7 @@ def _parse_base(raw: Any, base_dir: Path) -> dict:
         p = p if p.is_absolute() else base_dir / p
         if not p.is_file():
             raise SpecError("base", raw, f"file does not exist (looked for {p})")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SpecError("base", str(p), f"is not valid YAML: {' '.join(str(e).split())}") from None
+        raw = load_yaml(p, "base", error=SpecError) or {}
     if not isinstance(raw, dict):
         raise SpecError("base", raw, "must be a mapping (the trainer config tree) or the path of a YAML file")
     base = copy.deepcopy(raw)

@@ -6,15 +6,16 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
 from ..tracking import (TAG_BEST_CHECKPOINT, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_N_ASHA_STOPPED, TAG_N_ERRORS,
-                        TAG_N_TRIALS, TAG_WALL_S, best_metric_tag)
+                        TAG_N_TRIALS, TAG_WALL_S, best_metric_tag, resolve_tracking_uri)
 from .analysis_spec import power_lines, resolve_pilot_sd
 from .spec import SweepSpec, base_value
 from .trainable import sampled_values, trial_outcome
 
-__all__ = ["describe_spec", "summarise"]
+__all__ = ["describe_spec", "summarise", "SweepSummary", "open_lines", "where_lines"]
 
 
 def describe_spec(spec: SweepSpec, tracking_uri: str, storage: str, n_checked: Optional[int] = None) -> str:
@@ -52,10 +53,18 @@ def describe_spec(spec: SweepSpec, tracking_uri: str, storage: str, n_checked: O
     return "\n".join(lines)
 
 
-def summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id: str,
-              parent_run_id: str, out: TextIO) -> dict:
+@dataclass
+class SweepSummary:
+    """The end of a sweep, for its parent run: tags, metrics and one row per configuration."""
+
+    tags: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # best_<metric>, n_finished, n_stopped, n_failed
+    by_config: list = field(default_factory=list)  # one dict per configuration (the CSV artifact)
+
+
+def summarise(spec: SweepSpec, results, wall: float, sweep_id: str, out: TextIO) -> SweepSummary:
     """Print the end of a sweep (counts, best trial and its checkpoint, per-configuration means over
-    seeds, where to look in MLflow) from Tune's ``ResultGrid``; return tags for the parent run."""
+    seeds) from Tune's ``ResultGrid``; return what the parent run gets."""
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -68,8 +77,10 @@ def summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id
     p("")
     p(f"sweep {sweep_id}: {len(rows)} trials in {wall / 60:.1f} min: {len(rows) - n_err - n_stop} finished, "
       f"{n_stop} stopped early by ASHA, {n_err} failed")
-    tags = {TAG_N_TRIALS: len(rows), TAG_N_ASHA_STOPPED: n_stop, TAG_N_ERRORS: n_err,
-            TAG_WALL_S: round(wall, 1)}
+    summary = SweepSummary(
+        tags={TAG_N_TRIALS: len(rows), TAG_N_ASHA_STOPPED: n_stop, TAG_N_ERRORS: n_err, TAG_WALL_S: round(wall, 1)},
+        metrics={"n_finished": len(rows) - n_err - n_stop, "n_stopped": n_stop, "n_failed": n_err},
+        by_config=_config_rows(spec, rows))
 
     ok = [r for r in rows if not r["error"] and _finite(r["metrics"].get(spec.metric))]
     if ok:
@@ -83,35 +94,69 @@ def summarise(spec: SweepSpec, results, wall: float, tracking_uri: str, sweep_id
           f"config {_inline(best['config'])}")
         p(f"  checkpoint: {ckpt}")
         p(f"  mlflow run: {m.get('mlflow_run_id')}")
-        tags.update({TAG_BEST_TRIAL_ID: m.get("trial_id"), TAG_BEST_RUN_ID: m.get("mlflow_run_id"),
-                     best_metric_tag(spec.metric): m[spec.metric], TAG_BEST_CHECKPOINT: ckpt})
+        summary.tags.update({TAG_BEST_TRIAL_ID: m.get("trial_id"), TAG_BEST_RUN_ID: m.get("mlflow_run_id"),
+                             best_metric_tag(spec.metric): m[spec.metric], TAG_BEST_CHECKPOINT: ckpt})
+        summary.metrics[f"best_{spec.metric}"] = float(m[spec.metric])
         if len(spec.seeds) > 1:
-            _print_by_config(spec, ok, p)
+            _print_by_config(spec, summary.by_config, p)
     else:
         p("no trial reported a finite " + spec.metric)
-    p(f"MLflow: {tracking_uri}, experiment {spec.experiment!r}, sweep parent run {parent_run_id}")
-    p(f"  open it: echos ui --backend-store-uri {tracking_uri}"
-      if not tracking_uri.startswith("http") else f"  open it: {tracking_uri}")
-    return tags
+    return summary
 
 
-def _print_by_config(spec: SweepSpec, rows: list[dict], p) -> None:
+def where_lines(spec: SweepSpec, tracking_uri: str, parent_run_id: str, experiment_id: Optional[str]) -> list[str]:
+    """The last lines of a sweep: where its runs are, and how to open them in the MLflow UI."""
+    lines = [f"MLflow: {tracking_uri}, experiment {spec.experiment!r}, sweep parent run {parent_run_id}"]
+    return lines + ["  " + line for line in open_lines(tracking_uri, experiment_id)]
+
+
+def open_lines(tracking_uri: str, experiment_id: Optional[str]) -> list[str]:
+    """How to open the sweep's runs table in the MLflow UI (the link skips MLflow 3's GenAI overview)."""
+    from ..ui import DEFAULT_PORT, runs_url
+
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"open it: {runs_url(tracking_uri, experiment_id) if experiment_id else tracking_uri}"]
+    cmd = "echos ui" + ("" if tracking_uri == resolve_tracking_uri(None) else f" --backend-store-uri {tracking_uri}")
+    lines = [f"open it: {cmd}"]
+    if experiment_id:
+        lines.append(f"  then: {runs_url(f'http://127.0.0.1:{DEFAULT_PORT}', experiment_id)}")
+    return lines
+
+
+def _config_rows(spec: SweepSpec, rows: list[dict]) -> list[dict]:
+    """Per configuration (sampled values, seeds pooled): trial counts and the metric's mean, sd, min, max
+    over the trials that reported it (ASHA-stopped trials at the epoch they stopped), best first."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         groups[_inline(r["config"])].append(r)
     sign = 1 if spec.mode == "max" else -1
-    stats = []
+    out = []
     for key, rs in groups.items():
-        vals = [r["metrics"][spec.metric] for r in rs]
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        stats.append((statistics.fmean(vals), sd, len(vals), sum(r["stopped"] for r in rs), key))
-    stats.sort(key=lambda s: -sign * s[0])
+        vals = [r["metrics"][spec.metric] for r in rs if not r["error"] and _finite(r["metrics"].get(spec.metric))]
+        row = {"configuration": key, **{k: _plain(v) for k, v in rs[0]["config"].items()},
+               "n_trials": len(rs), "n_stopped": sum(r["stopped"] for r in rs), "n_failed": sum(r["error"] for r in rs),
+               "n": len(vals), f"mean_{spec.metric}": statistics.fmean(vals) if vals else math.nan,
+               f"sd_{spec.metric}": statistics.stdev(vals) if len(vals) > 1 else math.nan,
+               f"min_{spec.metric}": min(vals, default=math.nan), f"max_{spec.metric}": max(vals, default=math.nan)}
+        out.append(row)
+    out.sort(key=lambda r: (math.isnan(r[f"mean_{spec.metric}"]), -sign * r[f"mean_{spec.metric}"]))
+    return out
+
+
+def _print_by_config(spec: SweepSpec, by_config: list[dict], p) -> None:
     p(f"by configuration ({spec.metric} at each trial's last epoch, mean +- sd over seeds; "
       "ASHA-stopped trials count at the epoch they stopped):")
-    for mean, sd, n, n_stop, key in stats[:15]:
-        p(f"  {mean:8.4g} +- {sd:<7.3g} n={n}{f' ({n_stop} stopped)' if n_stop else ''}  {key}")
-    if len(stats) > 15:
-        p(f"  ... {len(stats) - 15} more")
+    shown = [r for r in by_config if r["n"]]
+    for r in shown[:15]:
+        n_stop = r["n_stopped"]
+        p(f"  {r[f'mean_{spec.metric}']:8.4g} +- {r[f'sd_{spec.metric}']:<7.3g} n={r['n']}"
+          f"{f' ({n_stop} stopped)' if n_stop else ''}  {r['configuration']}")
+    if len(shown) > 15:
+        p(f"  ... {len(shown) - 15} more")
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str, bool)) or v is None else _inline(v)
 
 
 def _finite(v: Any) -> bool:

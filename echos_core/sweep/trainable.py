@@ -11,7 +11,8 @@ One call of :func:`run_trial` is one (configuration, seed) trial:
 3. the trial's MLflow run is the one named in that checkpoint, or else the run tagged with
    this sweep and trial id, or else a new one nested under the sweep's parent run; so a
    trial that starts again never gets a second run, and epochs already logged are skipped;
-4. every epoch: metrics to MLflow (``step = epoch``), then ``ray.tune.report(metrics,
+4. every epoch: metrics to MLflow (``step = epoch``) and the kernel mosaics (``kernels/init_*``
+   once, ``kernels/final_*`` replaced every epoch), then ``ray.tune.report(metrics,
    checkpoint=...)`` with the trainer's self-contained checkpoint folder.  MLflow first:
    when the scheduler stops a trial, the code after its last report never runs.
 
@@ -40,8 +41,9 @@ from ..tracking import (TAG_ASHA_STOPPED, TAG_ERROR, TAG_NODE_HOST, TAG_NODE_ID,
                         TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, TAG_WORLD_SIZE, environment_tags)
 from .spec import SweepSpec
 
-__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "TRIAL_STATE_FILE",
-           "REPORT_KEYS", "trial_config", "open_trial_run", "log_epoch_once", "mark_failed"]
+__all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name",
+           "log_mosaics", "TRIAL_STATE_FILE", "REPORT_KEYS", "trial_dirname", "newest_checkpoint", "trial_config",
+           "open_trial_run", "log_epoch_once", "mark_failed"]
 
 TRIAL_STATE_FILE = "echos_trial.json"  # written into every reported checkpoint folder
 # Keys each report adds to the trainer's metrics (besides them).
@@ -56,7 +58,55 @@ class TrialContext:
     sweep_id: str  # the Ray experiment name, e.g. quick-20250101-120000
     tracking_uri: str  # absolute (a relative SQLite path would follow the trial's working folder)
     parent_run_id: Optional[str] = None
-    storage: Optional[str] = None  # the sweep's Ray experiment folder or URI (data-parallel trials' Train runs)
+    storage: Optional[str] = None  # the sweep's Ray storage: a restarted trial looks there for its newest checkpoint
+
+
+def trial_dirname(trial_id: str) -> str:
+    """The folder of a trial inside the sweep's Ray experiment folder."""
+    return f"trial_{trial_id}"
+
+
+def _checkpoint_epoch(fs, path: str) -> int:
+    """The epoch of a reported checkpoint folder (from its TRIAL_STATE_FILE); -1 if it is incomplete."""
+    from ..checkpoint import CHECKPOINT_FILE
+
+    try:
+        if fs.get_file_info(f"{path}/{CHECKPOINT_FILE}").size in (None, 0):
+            return -1
+        with fs.open_input_stream(f"{path}/{TRIAL_STATE_FILE}") as f:
+            return int(json.loads(f.read().decode()).get("epoch", -1))
+    except (OSError, ValueError, TypeError):
+        return -1
+
+
+def newest_checkpoint(given, ctx: "TrialContext", trial_id: str):
+    """Ray's checkpoint of this trial, or a newer one of its own on storage.
+
+    Ray's experiment state is saved every few seconds; a driver killed in between loses the newest
+    checkpoints from that state, but they are on storage all the same, so a resumed trial continues
+    from its newest complete one rather than start over."""
+    if ctx.storage is None:
+        return given
+    import pyarrow.fs
+    from ray import tune
+
+    if "://" in ctx.storage:
+        fs, root = pyarrow.fs.FileSystem.from_uri(ctx.storage)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), ctx.storage
+    best_epoch = _checkpoint_epoch(given.filesystem, given.path) if given is not None else -1
+    best = given
+    folder = f"{root}/{ctx.sweep_id}/{trial_dirname(trial_id)}"
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return given
+    for info in infos:
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            epoch = _checkpoint_epoch(fs, info.path)
+            if epoch > best_epoch:
+                best_epoch, best = epoch, tune.Checkpoint(info.path, filesystem=fs)
+    return best
 
 
 def trial_seed(config: dict, spec: SweepSpec) -> int:
@@ -73,18 +123,56 @@ def sampled_values(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("__") and k != "seed"}
 
 
+def log_mosaics(run, run_dir: Path, first: bool) -> None:
+    """The trainer's kernel mosaics as artifacts ``kernels/*.png``: ``final_*`` every epoch (replacing the
+    previous epoch's, so a trial the scheduler stops has its own last kernels), ``init_*`` with ``first``."""
+    for png in sorted((run_dir / "kernels").glob("*.png")):
+        if first or png.name.startswith("final_"):
+            run.log_artifact(png, "kernels")
+
+
+def trial_run_name(cfg, spec: SweepSpec, config: dict, trial_id: str) -> str:
+    """What differs between trials first (init and its On fraction, seed, other sampled values),
+    then the model and the trial number: ``dog-on0.25-s1-lr0.0031-convmixer-k5-embedded-00003``.
+    (MLflow's runs table shows the first 20 or so characters of a name.)"""
+    sampled = []
+    for p in spec.params:
+        if p.key in config:
+            for key, value in p.overrides(config[p.key]).items():
+                if not key.startswith("init."):  # the init label says those
+                    short = f"{value:.2g}" if isinstance(value, float) else str(value)
+                    sampled.append(f"{key.rsplit('.', 1)[-1]}{short}")
+    parts = [cfg.init_label(), f"s{cfg.seed}", *sampled, cfg.model_label(), trial_id.rsplit("_", 1)[-1]]
+    return "-".join(parts)
+
+
 def trial_outcome(last_result: dict, errored: bool) -> tuple[str, bool, str]:
     """(echos.status, stopped by the scheduler?, MLflow run status) of a trial that ended.
 
     A trial that ended without error before its own ``train.epochs`` (reported with every result
-    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.
+    as ``max_epochs``) was stopped by the scheduler: nothing else ends a trial early.  It ended
+    normally (FINISHED, tagged as stopped early); only a real failure is FAILED.
     """
     epoch, max_epochs = last_result.get("epoch"), last_result.get("max_epochs")
     if errored:
         return "error", False, "FAILED"
     if epoch is not None and max_epochs is not None and int(epoch) < int(max_epochs):
-        return "stopped", True, "KILLED"
+        return "stopped", True, "FINISHED"
     return "finished", False, "FINISHED"
+
+
+_TRIAL_ARTIFACTS = ("config.yaml", "init_report.json", "environment.json")
+
+
+def _reattach(run, run_id: Optional[str]) -> set[str]:
+    """The trial artifacts its run still lacks; on a run that is being retried or resumed, the error tag
+    of the failure it recovers from is removed (its status is set to running again)."""
+    if run_id is None:
+        return set(_TRIAL_ARTIFACTS)
+    have = {a.path for a in run.client.list_artifacts(run.run_id)}
+    if TAG_ERROR in run.client.get_run(run.run_id).data.tags:
+        run.client.delete_tag(run.run_id, TAG_ERROR)
+    return {name for name in _TRIAL_ARTIFACTS if name not in have}
 
 
 def trial_config(config: dict, spec: SweepSpec) -> dict:
@@ -96,9 +184,10 @@ def trial_config(config: dict, spec: SweepSpec) -> dict:
     return cfg_dict
 
 
-def open_trial_run(ctx: TrialContext, cfg, config: dict, run_id: Optional[str] = None, tags: Optional[dict] = None):
-    """The trial's one MLflow run: ``run_id``, else the run tagged with this sweep and trial, else a new one
-    nested under the sweep's run (with its config as an artifact)."""
+def open_trial_run(ctx: TrialContext, cfg, config: dict, run_id: Optional[str] = None,
+                   tags: Optional[dict] = None) -> tuple:
+    """The trial's one MLflow run (``run_id``, else the run tagged with this sweep and trial, else a new one
+    nested under the sweep's run, its config logged) and the trainer's artifacts that run still lacks."""
     import ray
     from ray import tune
 
@@ -126,32 +215,34 @@ def open_trial_run(ctx: TrialContext, cfg, config: dict, run_id: Optional[str] =
         TAG_NODE_HOST: socket.gethostname(),
         **(tags or {}),
     })
-    run_name = f"{cfg.default_run_name()}-{trial_id.rsplit('_', 1)[-1]}"
     params = config_to_dict(cfg)
     arms = {p.key: config[p.key] for p in spec.params if p.is_arm and p.key in config}
     if arms:  # the arm label as a param too, to group runs by it in MLflow's compare view
         params["arm"] = arms
-    run = MlflowRun(ctx.tracking_uri, spec.experiment, run_name, params, all_tags,
-                    parent_run_id=ctx.parent_run_id, run_id=run_id)
-    if run_id is None:
+    run = MlflowRun(ctx.tracking_uri, spec.experiment, trial_run_name(cfg, spec, config, trial_id), params,
+                    all_tags, parent_run_id=ctx.parent_run_id, run_id=run_id)
+    missing = _reattach(run, run_id)
+    if "config.yaml" in missing:
         trial_dir = Path(tctx.get_trial_dir())
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         run.log_artifact(trial_dir / "config.yaml")
-    return run
+        missing.discard("config.yaml")
+    return run, missing
 
 
-def log_epoch_once(run, logged: set[int], metrics: dict, run_dir: Path) -> None:
-    """Log an epoch's metrics unless ``logged`` has it (a resumed trial repeats no epoch in MLflow)."""
+def log_epoch_once(run, logged: set[int], missing: set[str], metrics: dict, run_dir: Path) -> None:
+    """An epoch's metrics and mosaics unless ``logged`` has it (a resumed trial repeats no epoch in MLflow),
+    and the ``missing`` artifacts the trainer has written by now."""
     epoch = int(metrics["epoch"])
-    if epoch in logged:
-        return
-    run.log_epoch(metrics)
-    logged.add(epoch)
-    if epoch == 1:
-        for name in ("init_report.json", "environment.json"):
-            if (run_dir / name).is_file():
-                run.log_artifact(run_dir / name)
+    if epoch not in logged:
+        run.log_epoch(metrics)
+        logged.add(epoch)
+        log_mosaics(run, run_dir, first=epoch == 1)
+    for name in sorted(missing):  # written by the trainer before its first epoch
+        if (run_dir / name).is_file():
+            run.log_artifact(run_dir / name)
+            missing.discard(name)
 
 
 def mark_failed(run, e: BaseException) -> None:
@@ -177,7 +268,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     # ---- resume from Ray's checkpoint, if any
     resume_from, state = None, {}
-    checkpoint = tune.get_checkpoint()
+    checkpoint = newest_checkpoint(tune.get_checkpoint(), ctx, trial_id)
     if checkpoint is not None:
         restored = trial_dir / "restored"
         shutil.rmtree(restored, ignore_errors=True)
@@ -188,19 +279,19 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     # ---- the trial's one MLflow run
     node_id = ray.get_runtime_context().get_node_id()
-    run = open_trial_run(ctx, cfg, config, run_id=state.get("mlflow_run_id"), tags={TAG_WORLD_SIZE: 1})
-    logged = run.logged_steps("epoch")
+    run, missing = open_trial_run(ctx, cfg, config, run_id=state.get("mlflow_run_id"), tags={TAG_WORLD_SIZE: 1})
+    logged = run.logged_steps()
 
     extra = {"seed": seed, "max_epochs": cfg.train.epochs, "mlflow_run_id": run.run_id, "node_id": node_id}
 
     def on_epoch(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
-        log_epoch_once(run, logged, metrics, run_dir)
+        log_epoch_once(run, logged, missing, metrics, run_dir)
         result = {**metrics, **extra}
         if checkpoint_dir is None:
             tune.report(result)
             return
-        (Path(checkpoint_dir) / TRIAL_STATE_FILE).write_text(
-            json.dumps({"mlflow_run_id": run.run_id, "trial_id": trial_id, "sweep_id": ctx.sweep_id}))
+        (Path(checkpoint_dir) / TRIAL_STATE_FILE).write_text(json.dumps(
+            {"mlflow_run_id": run.run_id, "trial_id": trial_id, "sweep_id": ctx.sweep_id, "epoch": int(metrics["epoch"])}))
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     try:

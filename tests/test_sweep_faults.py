@@ -1,0 +1,236 @@
+"""Faults, end to end: what a sweep does when its trials fail, its driver is interrupted or killed, or
+two drivers race.  Slow (Ray starts for real) except the lock test.
+
+* a diverging trial: exit status 1, the failed trial named, the parent run FAILED;
+* SIGINT of the driver: exit status 130, an "interrupted" line with the resume command, trials and
+  parent marked interrupted (KILLED), never FINISHED; ``--resume`` then completes every epoch once;
+* SIGKILL of the driver: its local Ray instance does not outlive it; ``--resume`` continues each trial
+  from its newest checkpoint on storage (no epoch trained twice), every epoch once in MLflow;
+* the same spec launched twice at once: two sweep ids, no run deleted, no trial lost;
+* a second driver of the same sweep on the same storage is refused with one line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from test_sweep_e2e import ECHOS, _echos, _runs, _start, _stop, _tiny_spec, _wait_for, _write
+
+from echos_core.cli import main
+
+
+def _logged_epochs(db: Path) -> dict[str, int]:
+    """{trial run id: epochs logged} read straight from the SQLite store (read-only, never blocking)."""
+    if not db.exists():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = con.execute("select run_uuid, count(distinct step) from metrics where key = 'val_top1' "
+                               "group by run_uuid").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    todo, out = [pid], set()
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                alive.add(p)
+        except OSError:
+            pass
+    return alive
+
+
+def _grid(name: str, epochs: int, lrs: list, **kw) -> dict:
+    spec = _tiny_spec(name, space={"train.lr": {"type": "grid", "values": lrs}}, search="grid", scheduler="none",
+                      seeds=[0], **kw)
+    spec["base"]["train"]["epochs"] = epochs
+    return spec
+
+
+@pytest.mark.slow
+def test_diverging_trial_exits_1_and_names_it(tmp_path):
+    spec = _grid("diverge", 2, [0.003, 1.0e12], ray={"storage_path": "ray_results", "max_failures": 0})
+    spec["base"]["train"]["grad_clip"] = None
+    res = _echos(["sweep", _write(tmp_path, spec)], cwd=tmp_path)
+    assert res.returncode == 1, res.stdout[-4000:]
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("echos: error: ")]
+    assert len(line) == 1 and "1 of 2 trials failed" in line[0] and "diverged" in line[0].lower(), line
+    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "diverge")
+    assert parents[0].info.status == "FAILED" and parents[0].data.tags["echos.n_errors"] == "1"
+    assert sorted(t.info.status for t in trials) == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.slow
+def test_sigint_marks_interrupted_and_resume_completes(tmp_path):
+    path = _write(tmp_path, _grid("intr", 12, [0.003, 0.01], max_concurrent=1))
+    db = tmp_path / "mlflow.db"
+    log = tmp_path / "first.log"
+    driver = _start(ECHOS + ["sweep", path], tmp_path, log)
+    try:
+        _wait_for(lambda: any(n >= 2 for n in _logged_epochs(db).values()), 300, "two logged epochs", driver, log)
+        os.kill(driver.pid, signal.SIGINT)  # the driver only, as a Ctrl-C aimed at it
+        driver.wait(timeout=120)
+    finally:
+        _stop(driver, signal.SIGKILL)
+    out = log.read_text()
+    assert driver.returncode == 130, out[-4000:]
+    assert "interrupted (SIGINT)" in out and "--resume" in out and "\nbest trial " not in out
+    client, parents, trials = _runs(f"sqlite:///{db}", "intr")
+    assert parents[0].info.status == "KILLED" and parents[0].data.tags["echos.status"] == "interrupted"
+    assert trials and all(t.info.status != "FINISHED" or t.data.tags["echos.status"] == "finished" for t in trials)
+    cut = [t for t in trials if t.data.tags["echos.status"] != "finished"]
+    assert cut and all(t.info.status == "KILLED" and t.data.tags["echos.status"] == "interrupted"
+                       and t.data.tags["echos.asha_stopped"] == "false" for t in cut)
+
+    res = _echos(["sweep", path, "--resume"], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-4000:]
+    client, parents, trials = _runs(f"sqlite:///{db}", "intr")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 2
+    for t in trials:
+        steps = [m.step for m in client.get_metric_history(t.info.run_id, "val_top1")]
+        assert steps == list(range(1, 13)), steps  # every epoch exactly once
+        assert t.info.status == "FINISHED" and t.data.tags["echos.status"] == "finished"
+
+
+def _checkpoint_epochs(storage: Path) -> dict[str, int]:
+    """{trial folder: newest epoch checkpointed on storage}."""
+    out: dict[str, int] = {}
+    for f in storage.glob("*/trial_*/checkpoint_*/echos_trial.json"):
+        try:
+            epoch = json.loads(f.read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            continue
+        out[f.parents[1].name] = max(out.get(f.parents[1].name, 0), epoch)
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_from_the_newest_checkpoint(tmp_path):
+    path = _write(tmp_path, _grid("killed", 6, [0.003], ray={"storage_path": "ray_results", "keep_checkpoints": 3}))
+    storage = tmp_path / "ray_results"
+    log = tmp_path / "first.log"
+    driver = _start(ECHOS + ["sweep", path], tmp_path, log)
+    try:
+        _wait_for(lambda: max(_checkpoint_epochs(storage).values(), default=0) >= 2, 300, "an epoch-2 checkpoint",
+                  driver, log)
+        tree = _descendants(driver.pid)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        t0 = time.time()
+        while _alive(tree) and time.time() - t0 < 40:
+            time.sleep(1)
+        left = _alive(tree)
+    finally:
+        _stop(driver, signal.SIGKILL)
+    assert not left, f"{len(left)} processes of the killed driver's Ray instance still alive after 40 s"
+    newest = _checkpoint_epochs(storage)
+    (trial,) = newest
+
+    res = _echos(["sweep", path, "--resume"], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-4000:]
+    reported = [json.loads(ln)["epoch"] for ln in next(storage.glob(f"*/{trial}/result.json")).read_text().splitlines()]
+    after = reported[reported.index(newest[trial] + 1):]
+    assert after == list(range(newest[trial] + 1, 7)), reported  # continued from its newest checkpoint
+    assert reported == sorted(set(reported)), reported  # no epoch trained twice
+    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
+    assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_top1")] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_two_launches_at_once_keep_apart(tmp_path):
+    path = _write(tmp_path, _grid("twice", 2, [0.003, 0.01]))
+    procs = [_start(ECHOS + ["sweep", path], tmp_path, tmp_path / f"d{i}.log") for i in range(2)]
+    try:
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        for p in procs:
+            _stop(p, signal.SIGKILL)
+    assert [p.returncode for p in procs] == [0, 0], (tmp_path / "d1.log").read_text()[-3000:]
+    ids = {ln.split()[2].rstrip(":") for i in range(2) for ln in (tmp_path / f"d{i}.log").read_text().splitlines()
+           if ln.startswith("starting sweep ")}
+    assert len(ids) == 2, ids
+    from mlflow.entities import ViewType
+
+    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "twice")
+    assert len(parents) == 2 and len(trials) == 4
+    exp = client.get_experiment_by_name("twice").experiment_id
+    assert client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY) == []
+    assert all(t.info.status == "FINISHED" for t in trials)
+
+
+def test_second_driver_of_one_sweep_is_refused(tmp_path, monkeypatch, capsys):
+    """A resume while another driver holds the sweep: one line, exit 2, before Ray."""
+    from echos_core.sweep.runner import SWEEP_FILE
+    from echos_core.sweep.spec import load_spec
+    from echos_core.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, _grid("locked", 2, [0.003]))
+    spec = load_spec(path)
+    folder = tmp_path / "ray_results" / "locked-20250101-000000"
+    folder.mkdir(parents=True)
+    (folder / SWEEP_FILE).write_text(json.dumps({"sweep_id": folder.name, "spec": spec.summary_dict(),
+                                                 "tracking_uri": resolve_tracking_uri(None)}, default=str))
+    with open(folder / ".echos-driver.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere")
+        held.flush()
+        rc = main(["sweep", str(path), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "another driver (pid 1 on elsewhere)" in err, err
+    import sys
+
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+
+
+def test_retried_trial_reattaches_cleanly(tmp_path):
+    """A trial run that failed (say, in a tracking outage) and is retried: the stale error tag goes, and the
+    artifacts its run lacks are named for re-logging."""
+    from echos_core.sweep.trainable import _reattach
+    from echos_core.tracking import TAG_ERROR, MlflowRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowRun(uri, "retry", "trial", {"seed": 0}, {TAG_ERROR: "MlflowException: connection refused"})
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    first.log_artifact(tmp_path / "config.yaml")
+    first.end("FAILED")
+    again = MlflowRun(uri, "retry", "trial", {"seed": 0}, {}, run_id=first.run_id)
+    assert _reattach(again, first.run_id) == {"init_report.json", "environment.json"}
+    assert TAG_ERROR not in again.client.get_run(first.run_id).data.tags
+    fresh = MlflowRun(uri, "retry", "other", {"seed": 1}, {})
+    assert _reattach(fresh, None) == {"config.yaml", "init_report.json", "environment.json"}
