@@ -496,6 +496,29 @@ def test_data_parallel_trial_resumes_after_losing_the_worker_node(tmp_path, mlfl
     assert _check_trial_run(client, trials[0], parents[0].info.run_id, max_epochs=epochs) == list(range(1, epochs + 1))
 
 
+def test_asha_stopped_data_parallel_trial_ends_and_frees_its_workers(tmp_path):
+    """ASHA ends a 2-worker trial abruptly (its process is killed, and with it Ray Train's controller);
+    Ray Train's placement-group cleaner frees the workers' CPUs (it needs the state API: the dashboard
+    of ``ray[default]``), so the next trial starts and the sweep ends.  Without the cleaner the second
+    trial waits for ever for CPUs held by the first, whose end ASHA also decides (at max_t)."""
+    epochs = 8
+    spec = _ddp_spec("ddp-asha", "PACK", 0.5, epochs=epochs, fake_size=256)
+    spec.update(space={"train.lr": {"type": "grid", "values": [0.01, 0.00001]}},  # the second is worse at epoch 1
+                scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}, metric="val_loss", mode="min")
+    path = _write(tmp_path, spec)
+    res = _echos(["sweep", path, "--storage-path", tmp_path / "ray"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-6000:]
+    assert "1 finished, 1 stopped early by ASHA, 0 failed" in res.stdout, res.stdout[-3000:]
+    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "ddp-asha")
+    assert len(parents) == 1 and len(trials) == 2
+    # FINISHED, tagged as stopped early when it was, each epoch once; the stopped trial's workers may have
+    # trained a little past epoch 1 before the stop reached them (Ray Train's reports are queued), never to the end.
+    epochs_of = {run.data.params["train.lr"]: _check_trial_run(client, run, parents[0].info.run_id, max_epochs=epochs)
+                 for run in trials}
+    assert epochs_of["0.01"] == list(range(1, epochs + 1)) and 1 <= len(epochs_of["1e-05"]) < epochs, epochs_of
+    assert all(run.data.tags["echos.world_size"] == "2" for run in trials)
+
+
 # --------------------------------------------------------------------------- echos ui
 
 

@@ -189,10 +189,31 @@ def _reporter(spec: SweepSpec, exp_path: str):
 # --------------------------------------------------------------------------- running
 
 
+def _state_api(spec: SweepSpec, address: Optional[str]) -> tuple[dict, dict]:
+    """(ray.init arguments, worker env) that give a data-parallel sweep Ray's state API.
+
+    When Tune ends a data-parallel trial abruptly (ASHA stops it, its process dies), Ray Train's
+    ``PlacementGroupCleaner`` frees the trial's worker placement group once it sees, through the state
+    API, that the trial's controller is dead; without the API the workers' CPUs and GPUs stay held
+    and the next trial waits for ever.  The API is served by the dashboard (``ray[default]``), found
+    by every worker through ``RAY_API_SERVER_ADDRESS`` (a local instance) or ``RAY_ADDRESS`` (a
+    cluster): auto-detection fails when one machine runs several Ray instances."""
+    if spec.workers == 1:
+        return ({} if address else {"include_dashboard": False}), {}
+    if address:
+        return {}, {"RAY_ADDRESS": address}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ({"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port},
+            {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"})
+
+
 def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
     import ray
 
-    runtime_env = {"env_vars": dict(_WORKER_ENV)}
+    init_args, env = _state_api(spec, address)
+    runtime_env = {"env_vars": {**_WORKER_ENV, **env}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
@@ -206,8 +227,8 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 # address="local": always a fresh instance of our own, never a cluster someone else started.
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                         object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
+                ray.init(address="local", num_cpus=num_cpus, object_store_memory=256 * 1024**2,
+                         runtime_env=runtime_env, log_to_driver=True, **init_args)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     res = ray.cluster_resources()
