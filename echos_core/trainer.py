@@ -247,15 +247,7 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, 
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler, criterion = _optimisation(model, tc, warmup_steps, total_steps, data.mixup_fn is not None)
 
-    history: list[dict] = []
-    start_epoch = 1
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history = list(ckpt["history"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        log.info(f"resumed from {ckpt['path']} after epoch {ckpt['epoch']}")
+    history, start_epoch = _restore(ckpt, model, optimizer, scheduler)
     runner = model
     if parallel is not None:
         parallel.check_identical(model, "the resumed model" if ckpt is not None else "the initial model")
@@ -300,24 +292,9 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, 
                 "lr": optimizer.param_groups[0]["lr"],
             }
             metrics["epoch_time_s"] = time.perf_counter() - t0
-            for hook in metric_hooks:
-                for key, value in hook(model).items():
-                    if key in metrics:
-                        raise ValueError(f"metric hook {getattr(hook, '__name__', hook)!r} returned {key!r}, "
-                                         "which the trainer already reports")
-                    metrics[key] = _to_python(value)
+            _run_hooks(metric_hooks, model, metrics)
             history.append(metrics)
-            if main:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                log.info(_epoch_line(metrics, tc.epochs))
-
-            ckpt_dir = None
-            if main and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
-                ckpt_dir = _save_epoch(run_dir, cfg, epoch, step_ctx, history)
-            if main and tc.kernel_metrics:  # the kernels as training left them, before the callback (may end a trial)
-                write_kernel_mosaics(model, run_dir / "kernels", "final", caption=f"after epoch {epoch}/{tc.epochs}",
-                                     run=cfg.run_name or cfg.default_run_name())
+            ckpt_dir = _write_epoch(run_dir, cfg, step_ctx, history) if main else None
             if callback is not None:
                 callback(dict(metrics), ckpt_dir)
     finally:
@@ -428,6 +405,45 @@ def _train_epoch(c: _Steps, loader, epoch: int, bar) -> tuple[list[torch.Tensor]
     train_time = time.perf_counter() - t0
     _check_finite(losses, checked, epoch, c.steps_per_epoch, c.optimizer)
     return losses, train_time
+
+
+def _restore(ckpt: dict | None, model: nn.Module, optimizer, scheduler) -> tuple[list[dict], int]:
+    """(history, first epoch to train): a checkpoint's model, optimiser and schedule state, or a fresh start."""
+    if ckpt is None:
+        return [], 1
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    log.info(f"resumed from {ckpt['path']} after epoch {ckpt['epoch']}")
+    return list(ckpt["history"]), int(ckpt["epoch"]) + 1
+
+
+def _run_hooks(metric_hooks, model: nn.Module, metrics: dict) -> None:
+    """Add each metric hook's values to the epoch's ``metrics`` (a hook may not replace the trainer's own)."""
+    for hook in metric_hooks:
+        for key, value in hook(model).items():
+            if key in metrics:
+                raise ValueError(f"metric hook {getattr(hook, '__name__', hook)!r} returned {key!r}, "
+                                 "which the trainer already reports")
+            metrics[key] = _to_python(value)
+
+
+def _write_epoch(run_dir: Path, cfg: Config, c: "_Steps", history: list[dict]) -> Path | None:
+    """The run folder's part of an epoch (the one writing process): its line of ``metrics.jsonl``, its
+    checkpoint when due (returned), and the kernels as training left them (before the callback, which may
+    end a trial)."""
+    tc, metrics = cfg.train, history[-1]
+    epoch = metrics["epoch"]
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    log.info(_epoch_line(metrics, tc.epochs))
+    ckpt_dir = None
+    if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
+        ckpt_dir = _save_epoch(run_dir, cfg, epoch, c, history)
+    if tc.kernel_metrics:
+        write_kernel_mosaics(c.model, run_dir / "kernels", "final", caption=f"after epoch {epoch}/{tc.epochs}",
+                             run=cfg.run_name or cfg.default_run_name())
+    return ckpt_dir
 
 
 def _mean_loss(losses: list[torch.Tensor], parallel: DataParallel | None) -> float:
