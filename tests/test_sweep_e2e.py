@@ -271,6 +271,18 @@ def _finished_runs(db: Path) -> int:
         return 0
 
 
+def _lock_free(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
 def test_resume_after_the_driver_is_killed(tmp_path):
     spec = _tiny_spec("resumable", space={"init.on_ratio": {"type": "uniform", "low": 0.0, "high": 1.0}},
                       search={"algorithm": "optuna", "seed": 0, "n_startup_trials": 2},
@@ -286,6 +298,9 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     finally:
         _stop(driver, signal.SIGKILL)  # the driver and its local Ray instance, hard
     assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    # the killed driver's watchdog ends its Ray processes and runs, holding the sweep's lock meanwhile
+    _wait_for(lambda: all(_lock_free(f) for f in (tmp_path / "ray_results").glob("*/.echos-driver.lock")), 120,
+              "the killed driver's watchdog to finish")
 
     client, parents, trials = _runs(uri, "resumable")
     assert len(parents) == 1
