@@ -503,7 +503,7 @@ def _driver_lock(storage: str, sweep_id: str):
     folder = Path(storage) / sweep_id
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".echos-driver.lock", "a+") as f:
-        if not _lock(f, fcntl) and not (_held_by_a_watchdog(f) and _lock(f, fcntl, wait=_WATCHDOG_WAIT_S)):
+        if not _lock(f) and not (_held_by_a_watchdog(f) and _lock(f, wait=_WATCHDOG_WAIT_S)):
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise SpecError("--resume", sweep_id, f"is being run by another driver ({holder}) on {storage}; "
@@ -521,8 +521,10 @@ def _driver_lock(storage: str, sweep_id: str):
 _WATCHDOG_WAIT_S = 60.0  # a killed driver's watchdog ends its Ray processes and runs in about 10 s
 
 
-def _lock(f, fcntl, wait: float = 0.0) -> bool:
+def _lock(f, wait: float = 0.0) -> bool:
     """Take the exclusive lock on ``f``, trying for up to ``wait`` seconds."""
+    import fcntl
+
     deadline = time.monotonic() + wait
     while True:
         try:
