@@ -102,7 +102,10 @@ def test_diverging_trial_exits_1_and_names_it(tmp_path):
 
 @pytest.mark.slow
 def test_sigint_marks_interrupted_and_resume_completes(tmp_path):
-    path = _write(tmp_path, _grid("intr", 12, [0.003, 0.01], max_concurrent=1))
+    spec = _grid("intr", 12, [0.003, 0.01], max_concurrent=1)
+    spec["base"]["data"].update(image_size=32, fake_size=1024)  # epochs of ~0.3 s: the signal lands mid-sweep
+    spec["base"]["train"]["steps_per_epoch"] = None
+    path = _write(tmp_path, spec)
     db = tmp_path / "mlflow.db"
     log = tmp_path / "first.log"
     driver = _start(ECHOS + ["sweep", path], tmp_path, log)
@@ -147,13 +150,18 @@ def _checkpoint_epochs(storage: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_from_the_newest_checkpoint(tmp_path):
-    path = _write(tmp_path, _grid("killed", 6, [0.003], ray={"storage_path": "ray_results", "keep_checkpoints": 3}))
+    epochs = 12  # of ~0.5 s each (2048 images): the kill lands long before the end even on a fast machine
+    spec = _grid("killed", epochs, [0.003], ray={"storage_path": "ray_results", "keep_checkpoints": 3})
+    spec["base"]["data"].update(image_size=32, fake_size=2048)
+    spec["base"]["train"]["steps_per_epoch"] = None
+    path = _write(tmp_path, spec)
     storage = tmp_path / "ray_results"
     log = tmp_path / "first.log"
     driver = _start(ECHOS + ["sweep", path], tmp_path, log)
     try:
         _wait_for(lambda: max(_checkpoint_epochs(storage).values(), default=0) >= 2, 300, "an epoch-2 checkpoint",
                   driver, log)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
         tree = _descendants(driver.pid)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
@@ -177,10 +185,10 @@ def test_sigkill_then_resume_continues_from_the_newest_checkpoint(tmp_path):
     assert res.returncode == 0, res.stdout[-4000:]
     reported = [json.loads(ln)["epoch"] for ln in next(storage.glob(f"*/{trial}/result.json")).read_text().splitlines()]
     after = reported[reported.index(newest[trial] + 1):]
-    assert after == list(range(newest[trial] + 1, 7)), reported  # continued from its newest checkpoint
+    assert after == list(range(newest[trial] + 1, epochs + 1)), reported  # continued from its newest checkpoint
     assert reported == sorted(set(reported)), reported  # no epoch trained twice
     client, parents, trials = _runs(uri, "killed")
-    assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_top1")] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_top1")] == list(range(1, epochs + 1))
     assert trials[0].info.status == "FINISHED" and trials[0].data.tags["echos.status"] == "finished"  # reopened
     assert parents[-1].info.status == "FINISHED"
 

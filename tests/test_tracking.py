@@ -110,6 +110,28 @@ def test_trial_end_is_marked_from_the_driver(store, last, errored, expected):
     assert marker.mark("no-such-trial", {}, False) is None
 
 
+def test_a_failed_trial_is_tagged_with_its_error_by_the_driver_unless_it_tagged_it_itself(store):
+    """A data-parallel trial leaves its failure to the driver, which tags the last line of Ray's stored error;
+    a single-process trial's own, more precise tag is kept."""
+    from types import SimpleNamespace
+
+    from echos_core.sweep.status import MlflowTrialStatus
+
+    marker = MlflowTrialStatus(store, "exp-f", "s-f")
+    ray_error = RuntimeError("Traceback (most recent call last):\n  File x\nray.train.TrainingFailedError:  worker  died")
+    runs = {}
+    for tid, own in (("t-ddp", None), ("t-own", "TrainingDiverged: loss is nan at epoch 2")):
+        runs[tid] = MlflowRun(store, "exp-f", tid, {}, {"echos.sweep_id": "s-f", "echos.trial_id": tid,
+                                                        **({"echos.error": own} if own else {})})
+        trial = SimpleNamespace(trial_id=tid, last_result={"epoch": 2, "max_epochs": 3},
+                                get_pickled_error=lambda: ray_error, get_error=lambda: None)
+        marker._safe_mark(trial, errored=True)
+    tags = {tid: MlflowClient(tracking_uri=store).get_run(r.run_id).data.tags for tid, r in runs.items()}
+    assert tags["t-ddp"]["echos.error"] == "ray.train.TrainingFailedError: worker died"
+    assert tags["t-own"]["echos.error"] == "TrainingDiverged: loss is nan at epoch 2"
+    assert all(t["echos.status"] == "error" for t in tags.values())
+
+
 @pytest.mark.parametrize("held,expected", [(2, ("stopped", "true", "2")), (3, ("finished", "false", "3"))])
 def test_a_trial_that_ran_past_the_schedulers_stop_is_marked_by_what_its_run_holds(store, held, expected):
     """A data-parallel trial's workers run ahead of Tune (Ray Train's reports pass through queues): ASHA

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..tracking import TAG_ASHA_STOPPED, TAG_NODES, TAG_STATUS, TAG_WORLD_SIZE
 from .spec import DRIVER_CPUS, SweepSpec
-from .trainable import (TrialContext, log_epoch_once, mark_failed, open_trial_run, trial_config, trial_dirname,
+from .trainable import (TrialContext, log_epoch_once, open_trial_run, trial_config, trial_dirname,
                         trial_seed)
 
 __all__ = ["trial_trainable", "run_ddp_trial"]
@@ -79,11 +79,10 @@ def run_ddp_trial(config: dict, ctx: TrialContext) -> None:
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             callbacks=[TuneReportCallback()]))
-    try:
-        trainer.fit()
-    except Exception as e:  # Tune's FailureConfig may start the trial again; it finds this run then
-        mark_failed(run, e)
-        raise
+    # A failure is marked on the run by the driver alone (MlflowTrialStatus, once Tune's FailureConfig gives
+    # up): fit() also raises here when the scheduler stops the trial (Ray ends its controller), possibly
+    # after the driver has marked the run stopped, which a mark from here would overwrite.
+    trainer.fit()
     run.set_tags({TAG_STATUS: "finished", TAG_ASHA_STOPPED: "false"})
     run.end("FINISHED")
 

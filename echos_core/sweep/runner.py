@@ -46,7 +46,7 @@ from .spec import SpecError, SweepSpec
 from .ddp import trial_trainable
 from .parent import finish_parent
 from .summary import summarise, where_lines
-from .trainable import TrialContext, trial_dirname
+from .trainable import TrialContext, error_line, trial_dirname
 
 __all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
 
@@ -441,7 +441,7 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
     print("\n".join(where_lines(spec, tracking_uri, parent.run_id, parent.experiment_id)), file=out, flush=True)
     if failed:
         print(f"echos: error: {len(failed)} of {len(results)} trials failed: "
-              + "; ".join(f"{_trial_id(r)} ({_error_line(r.error)})" for r in failed[:10])
+              + "; ".join(f"{_trial_id(r)} ({error_line(r.error)})" for r in failed[:10])
               + (f"; ... {len(failed) - 10} more" if len(failed) > 10 else ""), file=sys.stderr)
         return 1
     return 0
@@ -449,12 +449,6 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
 
 def _trial_id(result) -> str:
     return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
-
-
-def _error_line(error: BaseException) -> str:
-    """The last line of a (Ray-wrapped) error: ``TrainingDiverged: ...``, not the traceback."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 def _report_interrupted(spec: SweepSpec, sweep_id: str, parent, results, signame: str, out: TextIO) -> int:

@@ -13,8 +13,8 @@ from typing import Optional
 
 from ray.tune import Callback, CLIReporter
 
-from ..tracking import TAG_ASHA_STOPPED, TAG_LAST_EPOCH, TAG_STATUS, TAG_SWEEP_ID, TAG_TRIAL_ID
-from .trainable import trial_outcome
+from ..tracking import TAG_ASHA_STOPPED, TAG_ERROR, TAG_LAST_EPOCH, TAG_STATUS, TAG_SWEEP_ID, TAG_TRIAL_ID
+from .trainable import error_line, trial_outcome
 
 __all__ = ["MlflowTrialStatus", "SweepReporter", "interruption"]
 
@@ -112,7 +112,7 @@ class MlflowTrialStatus(Callback):
                          and int(last["epoch"]) >= int(last["max_epochs"])):
                 self.mark_interrupted(trial.trial_id, last)  # stopped by the interruption, not the scheduler
                 return
-            self.mark(trial.trial_id, trial.last_result, errored)
+            self.mark(trial.trial_id, trial.last_result, errored, error=_error_text(trial) if errored else None)
             if not self.interrupted:
                 ended.add(trial.trial_id)
         except Exception as e:  # logging trouble must never take the sweep down
@@ -169,11 +169,14 @@ class MlflowTrialStatus(Callback):
         history = mlflow_client(self.tracking_uri).get_metric_history(run_id, "val_loss")
         return max((m.step for m in history), default=None)
 
-    def mark(self, trial_id: str, last_result: Optional[dict], errored: bool) -> Optional[str]:
-        """Tag the trial's MLflow run with how it ended; returns the status, or None if it has no run."""
+    def mark(self, trial_id: str, last_result: Optional[dict], errored: bool,
+             error: Optional[str] = None) -> Optional[str]:
+        """Tag the trial's MLflow run with how it ended; returns the status, or None if it has no run.
+        ``error``: the failure, tagged ``echos.error`` on a failed run that the trial could not tag itself
+        (a data-parallel trial leaves that to the driver)."""
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-        from ..tracking import end_run, find_runs
+        from ..tracking import end_run, find_runs, mlflow_client
 
         last = dict(last_result or {})
         run_id = last.get("mlflow_run_id")
@@ -196,5 +199,17 @@ class MlflowTrialStatus(Callback):
                                      f"of {last.get('max_epochs')}" + (
                                          f" (decided on epoch {decided_at}'s result; the trial's data-parallel "
                                          "workers had gone on meanwhile)." if last["epoch"] != decided_at else "."))
+        if errored and error and TAG_ERROR not in mlflow_client(self.tracking_uri).get_run(run_id).data.tags:
+            tags[TAG_ERROR] = error
         end_run(self.tracking_uri, run_id, mlflow_status, tags)
         return status
+
+
+
+def _error_text(trial) -> Optional[str]:
+    """The last line of a failed trial's error, as Ray stored it; None if it stored none."""
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # an unreadable error file: the run is still marked failed
+        return None
+    return error_line(error) if error is not None else None

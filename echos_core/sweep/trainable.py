@@ -245,6 +245,12 @@ def log_epoch_once(run, logged: set[int], missing: set[str], metrics: dict, run_
             missing.discard(name)
 
 
+def error_line(error) -> str:
+    """The last line of an error, Ray-wrapped or not (``TrainingDiverged: ...``, not the traceback), for a tag."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return " ".join((lines[-1] if lines else type(error).__name__).split())[:500]
+
+
 def mark_failed(run, e: BaseException) -> None:
     run.set_tags({TAG_STATUS: "error", TAG_ERROR: " ".join(f"{type(e).__name__}: {e}".split())[:500]})
     run.end("FAILED")
