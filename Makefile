@@ -7,9 +7,10 @@ UV ?= python3 -m uv
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
-## The main job: a quick Ray Tune + Optuna + ASHA sweep on the embedded photographs, logged to MLflow.
+## The main job: DoG vs Kaiming vs default init with paired seeds, then Optuna + ASHA, on the embedded
+## photographs; a Ray Tune sweep logged to MLflow that ends with the paired differences and the UI link.
 demo: bootstrap
-	$(UV) run --frozen echos sweep sweeps/quick.yaml
+	$(UV) run --frozen echos sweep sweeps/demo.yaml
 
 ## The whole test suite, slow end-to-end tests included (what CI runs).
 test: bootstrap

@@ -225,6 +225,32 @@ def test_quick_smoke_sweep_optuna_asha_to_sqlite(tmp_path):
     assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
+# --------------------------------------------------------------------------- make demo: a complete paired comparison
+
+
+def test_demo_smoke_pairs_the_given_configurations_and_asha_judges_the_sampled_one(tmp_path):
+    res = _echos(["sweep", REPO / "sweeps" / "demo.yaml", "--smoke-test", "--storage-path", tmp_path / "ray"],
+                 cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-6000:]
+    out = res.stdout
+    assert "trials: 8 = 4 configurations x 2 seeds" in out
+    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "demo-smoke")
+    assert len(parents) == 1 and len(trials) == 8
+    given = defaultdict(dict)
+    for run in trials:
+        p = run.data.params
+        if float(p["train.lr"]) == 0.003:
+            given[p["arm.init"]][p["seed"]] = len(_check_trial_run(client, run, parents[0].info.run_id, max_epochs=2))
+    # every given configuration ran with both seeds, to the full budget (ASHA never stopped one)
+    assert given == {arm: {"0": 2, "1": 2} for arm in ("dog", "kaiming", "default")}
+    # the end: paired differences of DoG against both baselines on both seeds, then the link to the runs table
+    assert re.search(r"dog lr=0.003 - kaiming lr=0.003: [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\], 2 pairs", out)
+    assert re.search(r"dog lr=0.003 - default lr=0.003: .*, 2 pairs", out)
+    assert out.index("paired differences") < out.rindex("#/experiments/1/runs?workflowType=machine_learning")
+    assert not re.search(r"\d\.\d*(99999|00000)\d", out)  # no float noise in the tables
+    assert "Exception ignored" not in res.stdout + res.stderr and "SystemExit" not in res.stdout + res.stderr
+
+
 # --------------------------------------------------------------------------- --resume
 
 

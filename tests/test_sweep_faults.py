@@ -42,6 +42,14 @@ def _logged_epochs(db: Path) -> dict[str, int]:
     return dict(rows)
 
 
+def _all_runs(uri: str, experiment: str) -> list:
+    from echos_core.tracking import mlflow_client
+
+    client = mlflow_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp is not None else []
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -158,6 +166,12 @@ def test_sigkill_then_resume_continues_from_the_newest_checkpoint(tmp_path):
     assert not left, f"{len(left)} processes of the killed driver's Ray instance still alive after 40 s"
     newest = _checkpoint_epochs(storage)
     (trial,) = newest
+    # the watchdog ended the runs the killed driver left RUNNING: interrupted, KILLED (not running for ever)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _wait_for(lambda: all(r.info.status != "RUNNING" for r in _all_runs(uri, "killed")), 60,
+              "the killed driver's runs to be ended")
+    lost = _all_runs(uri, "killed")
+    assert len(lost) == 2 and {(r.info.status, r.data.tags["echos.status"]) for r in lost} == {("KILLED", "interrupted")}
 
     res = _echos(["sweep", path, "--resume"], cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-4000:]
@@ -165,8 +179,10 @@ def test_sigkill_then_resume_continues_from_the_newest_checkpoint(tmp_path):
     after = reported[reported.index(newest[trial] + 1):]
     assert after == list(range(newest[trial] + 1, 7)), reported  # continued from its newest checkpoint
     assert reported == sorted(set(reported)), reported  # no epoch trained twice
-    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
+    client, parents, trials = _runs(uri, "killed")
     assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_top1")] == [1, 2, 3, 4, 5, 6]
+    assert trials[0].info.status == "FINISHED" and trials[0].data.tags["echos.status"] == "finished"  # reopened
+    assert parents[-1].info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -234,3 +250,104 @@ def test_retried_trial_reattaches_cleanly(tmp_path):
     assert TAG_ERROR not in again.client.get_run(first.run_id).data.tags
     fresh = MlflowRun(uri, "retry", "other", {"seed": 1}, {})
     assert _reattach(fresh, None) == {"config.yaml", "init_report.json", "environment.json"}
+
+
+def test_watchdog_ends_only_the_lost_sweeps_running_runs(tmp_path):
+    from echos_core.sweep.watchdog import end_lost_runs
+    from echos_core.tracking import mlflow_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    exp = client.create_experiment("lost")
+    running = client.create_run(exp, tags={"echos.sweep_id": "s-1"}).info.run_id
+    done = client.create_run(exp, tags={"echos.sweep_id": "s-1"}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    other = client.create_run(exp, tags={"echos.sweep_id": "s-2"}).info.run_id
+    assert end_lost_runs(uri, "lost", "s-1") == 1
+    assert (client.get_run(running).info.status, client.get_run(running).data.tags["echos.status"]) == \
+        ("KILLED", "interrupted")
+    assert client.get_run(done).info.status == "FINISHED" and "echos.status" not in client.get_run(done).data.tags
+    assert client.get_run(other).info.status == "RUNNING"
+    assert end_lost_runs(uri, "lost", "s-1") == 0
+
+
+def _mlflow_server(root: Path, port: int, log: Path):
+    import subprocess
+    import sys
+
+    from test_sweep_e2e import ENV
+
+    f = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                            cwd=root, env=ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_tracking_outage_longer_than_the_retries_loses_nothing(tmp_path):
+    """The tracking server stops mid-sweep for longer than MLflow's HTTP retries, then comes back: trials
+    fail, Ray retries them from their checkpoints, and at the end every epoch is logged exactly once, every
+    artifact is there, one run per trial, no stale error tag."""
+    import subprocess
+
+    from test_sweep_e2e import ENV, _free_port
+
+    from echos_core.tracking import mlflow_client
+
+    port, server_log = _free_port(), tmp_path / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port, server_log)
+    driver = None
+    try:
+        _wait_for(lambda: _healthy(url), 180, "mlflow server /health", server, server_log)
+        spec = _grid("outage", 10, [0.003, 0.001], ray={"storage_path": "ray_results", "max_failures": 10,
+                                                         "keep_checkpoints": 2})
+        spec["base"]["model"].update(dim=32, depth=2)
+        spec["base"]["data"].update(image_size=32, fake_size=512)
+        spec["base"]["train"].update(batch_size=32, steps_per_epoch=12)  # epochs of about a second
+        spec["mlflow"] = {"tracking_uri": url}
+        log = tmp_path / "driver.log"
+        # MLflow's client gives up after about 3 s of refused connections (default: minutes of retries)
+        env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+        driver = subprocess.Popen([str(c) for c in ECHOS + ["sweep", _write(tmp_path, spec)]], cwd=tmp_path, env=env,
+                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        client = mlflow_client(url)
+
+        def an_epoch_2():
+            exp = client.get_experiment_by_name("outage")
+            runs = client.search_runs([exp.experiment_id]) if exp is not None else []
+            return any(len(client.get_metric_history(r.info.run_id, "val_top1")) >= 2 for r in runs)
+
+        _wait_for(an_epoch_2, 300, "a trial's second epoch on the server", driver, log)
+        _stop(server)  # the outage: well past the client's retries
+        time.sleep(20)
+        server = _mlflow_server(tmp_path, port, server_log)
+        _wait_for(lambda: _healthy(url), 180, "mlflow server /health again", server, server_log)
+        driver.wait(timeout=420)
+        out = log.read_text(errors="replace")
+        assert driver.returncode == 0, out[-4000:]
+        assert list(tmp_path.glob("ray_results/*/trial_*/error.txt")), "the outage hit no trial"  # it did fail them
+
+        _, parents, trials = _runs(url, "outage")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(trials) == 2 and len({t.data.tags["echos.trial_id"] for t in trials}) == 2  # no duplicate run
+        for t in trials:
+            assert t.info.status == "FINISHED" and "echos.error" not in t.data.tags, t.data.tags
+            assert [m.step for m in client.get_metric_history(t.info.run_id, "val_top1")] == list(range(1, 11))
+            arts = {a.path for a in client.list_artifacts(t.info.run_id)}
+            assert {"config.yaml", "init_report.json", "environment.json"} <= arts, arts
+    finally:
+        if driver is not None and driver.poll() is None:
+            _stop(driver, signal.SIGKILL)
+        _stop(server)

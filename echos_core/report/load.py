@@ -127,7 +127,23 @@ def load_sweep(tracking_uri: str, sweep: str, experiment: Optional[str] = None, 
                           f"sweeps there: {', '.join(others) if others else '(none)'}")
     parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_SWEEP]
 
-    # ---- which invocation(s): ordered by their first run
+    all_ids, chosen = _choose_invocations(parents, trials, sweep, sweep_id)
+    trials = [t for t in trials if t.data.tags.get(TAG_SWEEP_ID, "") in chosen]
+    if not any(metric in t.data.metrics for t in trials):
+        logged = sorted({k for t in trials for k in t.data.metrics})
+        raise ReportError(f"--metric {metric!r}: no trial logged it; logged metrics: {', '.join(logged)}")
+
+    df, curve_df, param_keys = _trials_frame(client, trials, metric)
+    parent_info = [{"run_id": p.info.run_id, "sweep_id": p.data.tags.get(TAG_SWEEP_ID, ""),
+                    "params": dict(p.data.params), "tags": dict(p.data.tags)}
+                   for p in parents if p.data.tags.get(TAG_SWEEP_ID, "") in chosen]
+    return SweepRuns(sweep=sweep, experiment=experiment, tracking_uri=tracking_uri, metric=metric,
+                     sweep_ids=chosen, all_sweep_ids=all_ids, trials=df, curves=curve_df,
+                     param_keys=param_keys, parents=parent_info)
+
+
+def _choose_invocations(parents: list, trials: list, sweep: str, sweep_id: Optional[str]) -> tuple[list, list]:
+    """(every invocation id with trials, ordered by its first run; the ones ``sweep_id`` chooses)."""
     first_seen: dict[str, int] = {}
     for r in parents + trials:
         sid = r.data.tags.get(TAG_SWEEP_ID, "")
@@ -135,19 +151,17 @@ def load_sweep(tracking_uri: str, sweep: str, experiment: Optional[str] = None, 
     all_ids = sorted((s for s in first_seen if any(t.data.tags.get(TAG_SWEEP_ID, "") == s for t in trials)),
                      key=lambda s: (first_seen[s], s))
     if sweep_id is None:
-        chosen = all_ids[-1:]
-    elif sweep_id == "all":
-        chosen = list(all_ids)
-    elif sweep_id in all_ids:
-        chosen = [sweep_id]
-    else:
-        raise ReportError(f"--sweep-id {sweep_id!r}: not a sweep id of {sweep!r} with trials; known: "
-                          f"{', '.join(all_ids)} (or 'all')")
-    trials = [t for t in trials if t.data.tags.get(TAG_SWEEP_ID, "") in chosen]
-    if not any(metric in t.data.metrics for t in trials):
-        logged = sorted({k for t in trials for k in t.data.metrics})
-        raise ReportError(f"--metric {metric!r}: no trial logged it; logged metrics: {', '.join(logged)}")
+        return all_ids, all_ids[-1:]
+    if sweep_id == "all":
+        return all_ids, list(all_ids)
+    if sweep_id in all_ids:
+        return all_ids, [sweep_id]
+    raise ReportError(f"--sweep-id {sweep_id!r}: not a sweep id of {sweep!r} with trials; known: "
+                      f"{', '.join(all_ids)} (or 'all')")
 
+
+def _trials_frame(client, trials: list, metric: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(one row per trial, columns in reading order; the per-epoch curves; the param keys)."""
     rows, curves = [], []
     for t in trials:
         row, hist = _trial_row(client, t, metric)
@@ -159,18 +173,11 @@ def load_sweep(tracking_uri: str, sweep: str, experiment: Optional[str] = None, 
         if k not in df:
             df[k] = None
     finals = sorted(c for c in df.columns if c.startswith("final_") and c != f"final_{metric}")
-    best = [c for c in (f"best_{metric}", "best_val_top1", "best_epoch") if c in df.columns]
-    best = list(dict.fromkeys(best))
+    best = list(dict.fromkeys(c for c in (f"best_{metric}", "best_val_top1", "best_epoch") if c in df.columns))
     tag_cols = [c for c in _TAG_COLUMNS if c in df.columns]
     order = list(TRIAL_COLUMNS) + [f"final_{metric}"] + best + finals + tag_cols + param_keys
     df = df[[c for c in dict.fromkeys(order) if c in df.columns]]
-    curve_df = pd.DataFrame(curves, columns=["run_id", "key", "epoch", "value"])
-    parent_info = [{"run_id": p.info.run_id, "sweep_id": p.data.tags.get(TAG_SWEEP_ID, ""),
-                    "params": dict(p.data.params), "tags": dict(p.data.tags)}
-                   for p in parents if p.data.tags.get(TAG_SWEEP_ID, "") in chosen]
-    return SweepRuns(sweep=sweep, experiment=experiment, tracking_uri=tracking_uri, metric=metric,
-                     sweep_ids=chosen, all_sweep_ids=all_ids, trials=df, curves=curve_df,
-                     param_keys=param_keys, parents=parent_info)
+    return df, pd.DataFrame(curves, columns=["run_id", "key", "epoch", "value"]), param_keys
 
 
 def _trial_row(client, run, metric: str) -> tuple[dict, list[tuple]]:

@@ -6,6 +6,7 @@
 * :mod:`.trainable` the Ray trainable: one (configuration, seed) trial over the trainer
 * :mod:`.runner`    Tuner, search, scheduler, Ray start-up, resume
 * :mod:`.status`    the driver-side Tune callback marking how each trial ended in MLflow
+* :mod:`.watchdog`  ends a killed driver's local Ray instance and marks its runs interrupted
 * :mod:`.summary`   what ``--dry-run`` and the end of a sweep print
 * :mod:`.cli`       ``echos sweep``
 

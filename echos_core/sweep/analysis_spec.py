@@ -340,9 +340,16 @@ class _Space:
 def power_lines(an: AnalysisSpec, *, seeds: int, params: Sequence, base_value: Callable[[str], Any],
                 grid: bool, sd: Optional[float], sd_source: str) -> list[str]:
     """The declared analysis and its power table, as ``--dry-run`` prints them."""
-    from ..report.design import POWER, detectable_difference, min_detectable_difference, seeds_needed
-
     unit = " points" if an.metric.startswith("val_top") else ""
+    lines = _declared_lines(an, unit)
+    if sd is None:
+        return lines + ["power: no pilot_sd in the analysis section: the power of this design is unknown "
+                        "(give pilot_sd: NUMBER or pilot_sd: {sweep: NAME})"]
+    power = _Power(an, sd, _Space(params, base_value), grid)
+    return lines + power.table_lines(seeds, sd_source, unit) + power.verdict_lines(seeds, unit)
+
+
+def _declared_lines(an: AnalysisSpec, unit: str) -> list[str]:
     lines = ["analysis (declared before the run):",
              f"  primary: {an.primary.describe()}"]
     if an.secondary:
@@ -350,54 +357,84 @@ def power_lines(an: AnalysisSpec, *, seeds: int, params: Sequence, base_value: C
         lines += [f"    {c.describe()}" for c in an.secondary]
     lines.append(f"  pool (pooled model): {', '.join(f'{k}={_g(v)}' for k, v in an.pool.items()) or 'every trial'}; alpha {an.alpha:g} "
                  f"(two-sided); equivalence margin ±{amount(an.margin, unit)}; metric {an.metric}")
-    if sd is None:
-        lines.append("power: no pilot_sd in the analysis section: the power of this design is unknown "
-                     "(give pilot_sd: NUMBER or pilot_sd: {sweep: NAME})")
-        return lines
-    space = _Space(params, base_value)
-    cells = space.planned_cells(an.pool) if grid else None
-    primary_pooled = not an.primary.is_trend and an.primary.model == "pooled" and cells is not None and cells > 2
-    trend_x = space.numeric_values(an.primary.trend) if an.primary.is_trend else None
-
-    def pooled_mdd(n: int) -> float:  # balanced arm + seed model: se = sd / sqrt(n), df = (arms-1)(n-1)
-        return detectable_difference(sd / math.sqrt(n), (cells - 1) * (n - 1), an.alpha, POWER)
-
-    def trend_mdd(n: int) -> float:  # change over the range run, slope with the seed block
-        xs = trend_x
-        sxx = sum((x - sum(xs) / len(xs)) ** 2 for x in xs)
-        se = (sd / math.sqrt(2)) / math.sqrt(n * sxx) * (max(xs) - min(xs))
-        return detectable_difference(se, n * len(xs) - n - 1, an.alpha, POWER)
-
-    def primary_mdd(n: int) -> float:
-        return (trend_mdd(n) if trend_x else pooled_mdd(n) if primary_pooled
-                else min_detectable_difference(sd, n, an.alpha))
-
-    lines.append(f"power (paired sd {sd:g}{unit} from {sd_source}; {POWER:.0%} power, two-sided alpha {an.alpha:g}):")
-    lines.append("  minimum detectable difference" + (" (trend: change over the range run)" if trend_x else "") + ":")
-    cols = ["seeds", "paired t"] + ([f"pooled, {cells} arms"] if primary_pooled else []) + (["trend"] if trend_x else [])
-    lines.append("  " + "  ".join(f"{c:>16s}" for c in cols))
-    target = an.target_difference
-    need = seeds_needed(sd, target, an.alpha) if target else None
-    need_primary = next((n for n in range(2, 10_000) if primary_mdd(n) <= target), None) if target else None
-    counts = sorted({seeds, 4, 8, 16, 32, 64} | {n for n in (need, need_primary) if n})
-    for n in [c for c in counts if c >= 2]:
-        vals = [min_detectable_difference(sd, n, an.alpha)] + ([pooled_mdd(n)] if primary_pooled else []) \
-            + ([trend_mdd(n)] if trend_x else [])
-        lines.append("  " + f"{n:16d}  " + "  ".join(f"{v:16.2f}" for v in vals)
-                     + ("   <- this spec" if n == seeds else ""))
-    mdd = primary_mdd(seeds)
-    if target is None:
-        lines.append(f"  primary at {seeds} seeds detects {mdd:.2f}{unit} (no target_difference declared)")
-        return lines
-    lines.append(f"  target difference {amount(target, unit)}: {need} paired seeds (paired t), {need_primary} for the "
-                 f"primary comparison as declared")
-    if mdd > target:
-        lines.append(f"  UNDERPOWERED: the primary comparison detects {mdd:.2f}{unit} at {seeds} seeds (80% power), "
-                     f"more than its target {amount(target, unit)}; a null result will read 'not resolved', not 'no effect'")
-    else:
-        lines.append(f"  powered: the primary comparison detects {mdd:.2f}{unit} <= target {amount(target, unit)} "
-                     f"at {seeds} seeds")
     return lines
+
+
+class _Power:
+    """Minimum detectable differences (80% power) of the declared primary comparison, by seed count:
+    paired t, the balanced pooled arm + seed model, or the trend's change over the range run."""
+
+    def __init__(self, an: AnalysisSpec, sd: float, space: "_Space", grid: bool):
+        self.an, self.sd = an, sd
+        self.cells = space.planned_cells(an.pool) if grid else None
+        self.pooled = (not an.primary.is_trend and an.primary.model == "pooled" and self.cells is not None
+                       and self.cells > 2)
+        self.trend_x = space.numeric_values(an.primary.trend) if an.primary.is_trend else None
+
+    def paired(self, n: int) -> float:
+        from ..report.design import min_detectable_difference
+
+        return min_detectable_difference(self.sd, n, self.an.alpha)
+
+    def pooled_mdd(self, n: int) -> float:  # balanced arm + seed model: se = sd / sqrt(n), df = (arms-1)(n-1)
+        from ..report.design import POWER, detectable_difference
+
+        return detectable_difference(self.sd / math.sqrt(n), (self.cells - 1) * (n - 1), self.an.alpha, POWER)
+
+    def trend_mdd(self, n: int) -> float:  # change over the range run, slope with the seed block
+        from ..report.design import POWER, detectable_difference
+
+        xs = self.trend_x
+        sxx = sum((x - sum(xs) / len(xs)) ** 2 for x in xs)
+        se = (self.sd / math.sqrt(2)) / math.sqrt(n * sxx) * (max(xs) - min(xs))
+        return detectable_difference(se, n * len(xs) - n - 1, self.an.alpha, POWER)
+
+    def primary(self, n: int) -> float:
+        return self.trend_mdd(n) if self.trend_x else self.pooled_mdd(n) if self.pooled else self.paired(n)
+
+    def needed(self) -> tuple[Optional[int], Optional[int]]:
+        """Seeds for the target difference: paired t, and the primary comparison as declared."""
+        from ..report.design import seeds_needed
+
+        target = self.an.target_difference
+        if not target:
+            return None, None
+        return (seeds_needed(self.sd, target, self.an.alpha),
+                next((n for n in range(2, 10_000) if self.primary(n) <= target), None))
+
+    def table_lines(self, seeds: int, sd_source: str, unit: str) -> list[str]:
+        from ..report.design import POWER
+
+        lines = [f"power (paired sd {self.sd:g}{unit} from {sd_source}; {POWER:.0%} power, two-sided alpha "
+                 f"{self.an.alpha:g}):",
+                 "  minimum detectable difference" + (" (trend: change over the range run)" if self.trend_x else "")
+                 + ":"]
+        cols = (["seeds", "paired t"] + ([f"pooled, {self.cells} arms"] if self.pooled else [])
+                + (["trend"] if self.trend_x else []))
+        lines.append("  " + "  ".join(f"{c:>16s}" for c in cols))
+        counts = sorted({seeds, 4, 8, 16, 32, 64} | {n for n in self.needed() if n})
+        for n in [c for c in counts if c >= 2]:
+            vals = ([self.paired(n)] + ([self.pooled_mdd(n)] if self.pooled else [])
+                    + ([self.trend_mdd(n)] if self.trend_x else []))
+            lines.append("  " + f"{n:16d}  " + "  ".join(f"{v:16.2f}" for v in vals)
+                         + ("   <- this spec" if n == seeds else ""))
+        return lines
+
+    def verdict_lines(self, seeds: int, unit: str) -> list[str]:
+        mdd, target = self.primary(seeds), self.an.target_difference
+        if target is None:
+            return [f"  primary at {seeds} seeds detects {mdd:.2f}{unit} (no target_difference declared)"]
+        need, need_primary = self.needed()
+        lines = [f"  target difference {amount(target, unit)}: {need} paired seeds (paired t), {need_primary} for "
+                 f"the primary comparison as declared"]
+        if mdd > target:
+            lines.append(f"  UNDERPOWERED: the primary comparison detects {mdd:.2f}{unit} at {seeds} seeds (80% "
+                         f"power), more than its target {amount(target, unit)}; a null result will read 'not "
+                         f"resolved', not 'no effect'")
+        else:
+            lines.append(f"  powered: the primary comparison detects {mdd:.2f}{unit} <= target "
+                         f"{amount(target, unit)} at {seeds} seeds")
+        return lines
 
 
 def resolve_pilot_sd(an: AnalysisSpec, tracking_uri: str) -> tuple[Optional[float], str]:

@@ -24,7 +24,7 @@ never share an id and a second driver of one sweep is refused.
 1 when a trial failed for good (named on stderr), 130 when the driver was interrupted (SIGINT/SIGTERM: the
 trials it stopped and the parent run are marked interrupted, never FINISHED).  The parent run never stays
 RUNNING on any other exit path either, and a local Ray instance never outlives its driver (a watchdog
-process ends it if the driver is killed).
+process ends it if the driver is killed, and marks the runs the driver left RUNNING as interrupted).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _search_alg(spec: SweepSpec, max_concurrent: int):
         sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, sampler=sampler,
-                            study_name=spec.name)
+                            study_name=spec.name, points_to_evaluate=[dict(pt) for pt in spec.search.points_to_evaluate])
     searcher = Repeater(searcher, repeat=len(spec.seeds), set_index=True)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
@@ -161,8 +161,12 @@ def _scheduler(spec: SweepSpec):
 
     s = spec.scheduler
     if s.type == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor)
+        kwargs = dict(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+        if s.full_budget:
+            from .asha import FullBudgetASHA
+
+            return FullBudgetASHA(spec.search.points_to_evaluate, **kwargs)
+        return ASHAScheduler(**kwargs)
     return FIFOScheduler()
 
 
@@ -296,6 +300,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
 
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
+    if "://" not in storage:  # Tune's "snapshotting may become a bottleneck", every few seconds of a sweep of
+        # short epochs, is about uploads to remote storage; a local snapshot is one small file write
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         if not is_remote_tracking_uri(tracking_uri):
             print(f"echos: warning: mlflow.tracking_uri {tracking_uri} is not a server; on a cluster every node "
@@ -315,11 +322,11 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = 
         parent_run_id = saved.get("parent_run_id")
     else:
         sweep_id, parent_run_id = _claim_sweep_id(storage, spec.name), None
-    with _driver_lock(storage, sweep_id):
+    with _driver_lock(storage, sweep_id) as lock:
         _init_ray(spec, address, out)
         import ray
 
-        watchdog = None if address else _start_watchdog()
+        watchdog = None if address else _start_watchdog(lock, tracking_uri, spec.experiment, sweep_id)
         try:
             _check_fits(spec, address)
             return _run_with_parent(spec, sweep_id, parent_run_id, tracking_uri, storage, resume, out)
@@ -495,9 +502,10 @@ def _claim_sweep_id(storage: str, name: str) -> str:
 def _driver_lock(storage: str, sweep_id: str):
     """Hold ``<storage>/<sweep id>/.echos-driver.lock`` while this driver runs (local storage): a second
     driver of the same sweep (a concurrent --resume) is refused with one line.  The kernel frees the lock
-    when the driver dies, even by SIGKILL."""
+    when the driver dies, even by SIGKILL (then once its watchdog, which inherits it, has ended the driver's
+    Ray processes and runs)."""
     if "://" in storage:
-        yield
+        yield None
         return
     import fcntl
 
@@ -516,69 +524,25 @@ def _driver_lock(storage: str, sweep_id: str):
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
         try:
-            yield
+            yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# The watchdog (run with ``python -c``): while the driver (its parent) lives, note every process of the Ray
-# instance it started (the given roots and all their descendants, with their start times, from /proc) once a
-# second; when the driver is gone, end each noted process that is still the same process.
-_WATCHDOG = """
-import os, signal, sys, time
-driver, roots = int(sys.argv[1]), {int(p) for p in sys.argv[2:]}
-
-def table():
-    out = {}
-    for d in os.listdir("/proc"):
-        try:
-            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-            out[int(d)] = (int(f[1]), f[19])
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
-
-noted = {}
-while True:
-    procs = table()
-    children = {}
-    for c, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(c)
-    todo, seen = list(roots), set()
-    while todo:
-        p = todo.pop()
-        if p in procs and p not in seen:
-            seen.add(p)
-            noted.setdefault(p, procs[p][1])
-            todo.extend(children.get(p, []))
-    if os.getppid() != driver:
-        break
-    time.sleep(1)
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    procs = table()
-    for p, start in noted.items():
-        if p in procs and procs[p][1] == start:
-            try:
-                os.kill(p, sig)
-            except OSError:
-                pass
-    time.sleep(3)
-"""
-
-
-def _start_watchdog():
-    """A small process that ends the local Ray instance's processes if this driver dies without
-    ``ray.shutdown()`` (SIGKILL): a local instance never outlives the driver that started it."""
+def _start_watchdog(lock, tracking_uri: str, experiment: str, sweep_id: str):
+    """The process that ends the local Ray instance's processes, and marks the sweep's runs interrupted, if
+    this driver dies without ``ray.shutdown()`` (SIGKILL): :mod:`echos_core.sweep.watchdog`."""
     import subprocess
 
     import ray
 
     node = ray._private.worker._global_node  # the local head node this driver started
     pids = [p.process.pid for infos in node.all_processes.values() for p in infos if p.process is not None]
-    code = _WATCHDOG
-    return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), *map(str, pids)],
+    fd = lock.fileno() if lock is not None else -1
+    return subprocess.Popen([sys.executable, "-m", "echos_core.sweep.watchdog", str(os.getpid()), str(fd),
+                             tracking_uri, experiment, sweep_id, *map(str, pids)],
                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, pass_fds=(fd,) if fd >= 0 else ())
 
 
 def _check_same_spec(spec: SweepSpec, saved: dict, tracking_uri: str) -> None:

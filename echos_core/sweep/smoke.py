@@ -17,8 +17,9 @@ _NEEDS_FILES = ("cifar10", "cifar100", "imagefolder")
 def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec, list[str]]:
     """The same sweep with a tiny budget, runnable on this machine; returns (spec, notes).
 
-    * few trials: 2 sampled configurations x 2 seeds (optuna, random), or every grid
-      dimension cut to its first and last value x 1 seed (grid);
+    * few trials: 2 sampled configurations x 2 seeds (optuna, random; with ``search.points_to_evaluate``,
+      every given configuration and 1 sampled one), or every grid dimension cut to its first and last
+      value x 1 seed (grid);
     * 2 epochs of at most 3 steps, batches of at most 32 (8 above 64 px), at most 256/64
       training/validation images; data sets that need files (CIFAR, ImageFolder) become
       ``fake`` data with the same image size and number of classes;
@@ -32,7 +33,8 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
     s.name = f"{spec.name}-smoke"
     s.experiment = f"{spec.experiment}-smoke"
     s.seeds = spec.seeds[:1] if spec.search.algorithm == "grid" else spec.seeds[:2]
-    s.num_samples = min(spec.num_samples, 2)
+    s.num_samples = min(spec.num_samples, len(spec.search.points_to_evaluate) + 1 if spec.search.points_to_evaluate
+                        else 2)
     for p in s.params:
         if p.type == "grid" and p.size > 2:
             keep = [p.labels[0], p.labels[-1]]

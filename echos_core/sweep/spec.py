@@ -154,13 +154,20 @@ class SearchSpec:
     algorithm: str = "optuna"  # optuna (TPE) | random | grid
     seed: int = 0  # sampler seed (optuna, random)
     n_startup_trials: int = 10  # optuna TPE: configurations sampled at random before TPE takes over
+    # Configurations run first, each with every seed, before anything is sampled ({param key: value or arm label}).
+    points_to_evaluate: list = field(default_factory=list)
 
     def describe(self) -> str:
         if self.algorithm == "optuna":
-            return f"optuna TPE (seed {self.seed}, {self.n_startup_trials} random start-up configurations)"
-        if self.algorithm == "random":
-            return f"random (optuna RandomSampler, seed {self.seed})"
-        return "grid"
+            text = f"optuna TPE (seed {self.seed}, {self.n_startup_trials} random start-up configurations)"
+        elif self.algorithm == "random":
+            text = f"random (optuna RandomSampler, seed {self.seed})"
+        else:
+            return "grid"
+        if self.points_to_evaluate:
+            points = "".join(f"\n  first: {inline(p)}" for p in self.points_to_evaluate)
+            text += f", after {len(self.points_to_evaluate)} given configurations:{points}"
+        return text
 
 
 @dataclass
@@ -169,12 +176,17 @@ class SchedulerSpec:
     max_t: Optional[int] = None  # epochs; default train.epochs
     grace_period: int = 1
     reduction_factor: float = 2.0
+    # "points_to_evaluate": ASHA never stops the trials of search.points_to_evaluate (their seeds stay
+    # paired, a complete comparison); their results still fill ASHA's rungs, against which it judges the rest.
+    full_budget: Optional[str] = None
 
     def describe(self) -> str:
         if self.type == "none":
             return "none (every trial runs its full train.epochs)"
+        spared = (", search.points_to_evaluate run their full budget (ASHA judges only the sampled configurations)"
+                  if self.full_budget else "")
         return (f"asha (max_t {self.max_t}, grace_period {self.grace_period}, "
-                f"reduction_factor {self.reduction_factor:g}, time unit: epoch)")
+                f"reduction_factor {self.reduction_factor:g}, time unit: epoch{spared})")
 
 
 @dataclass
@@ -410,6 +422,7 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
                      max_failures=max_failures, keep_checkpoints=keep_checkpoints, num_cpus=num_cpus,
                      smoke_test=dict(smoke))
     _check_cross_rules(spec)
+    _check_points(spec)
     if data.get("analysis") is not None:
         spec.analysis = parse_analysis(data["analysis"], params=params, base_value=lambda k: base_value(base, k),
                                        metric=metric, metrics=METRICS)
@@ -452,7 +465,7 @@ def _parse_search(raw: Any) -> SearchSpec:
     if isinstance(raw, str):
         raw = {"algorithm": raw}
     raw = _mapping(raw, "search")
-    _only_keys(raw, ("algorithm", "seed", "n_startup_trials"), "search")
+    _only_keys(raw, ("algorithm", "seed", "n_startup_trials", "points_to_evaluate"), "search")
     algo = _str(raw, "algorithm", "search.algorithm", "optuna", SEARCH_ALGORITHMS)
     seed = _int(raw, "seed", "search.seed", 0, lo=0)
     n_startup = _int(raw, "n_startup_trials", "search.n_startup_trials", 10, lo=1)
@@ -460,7 +473,12 @@ def _parse_search(raw: Any) -> SearchSpec:
         raise SpecError("search.n_startup_trials", raw["n_startup_trials"], "only applies to search algorithm optuna")
     if algo == "grid" and "seed" in raw:
         raise SpecError("search.seed", raw["seed"], "does not apply to search grid (nothing is sampled)")
-    return SearchSpec(algorithm=algo, seed=seed, n_startup_trials=n_startup)
+    points = raw.get("points_to_evaluate", [])
+    if algo == "grid" and points:
+        raise SpecError("search.points_to_evaluate", points, "does not apply to search grid (the grid runs every point)")
+    if not isinstance(points, list) or not all(isinstance(pt, dict) and pt for pt in points):
+        raise SpecError("search.points_to_evaluate", points, "must be a list of mappings {parameter: value}")
+    return SearchSpec(algorithm=algo, seed=seed, n_startup_trials=n_startup, points_to_evaluate=points)
 
 
 def _parse_scheduler(raw: Any) -> SchedulerSpec:
@@ -475,7 +493,11 @@ def _parse_scheduler(raw: Any) -> SchedulerSpec:
     if typ == "none":
         _only_keys(raw, ("type",), "scheduler")
         return SchedulerSpec(type="none")
-    _only_keys(raw, ("type", "max_t", "grace_period", "reduction_factor"), "scheduler")
+    _only_keys(raw, ("type", "max_t", "grace_period", "reduction_factor", "full_budget"), "scheduler")
+    full_budget = raw.get("full_budget")
+    if full_budget not in (None, "points_to_evaluate"):
+        raise SpecError("scheduler.full_budget", full_budget, "must be points_to_evaluate (ASHA never stops the "
+                                                               "trials of search.points_to_evaluate) or left out")
     max_t = _int(raw, "max_t", "scheduler.max_t", None, lo=1)
     grace = _int(raw, "grace_period", "scheduler.grace_period", 1, lo=1)
     rf = _num(raw, "reduction_factor", "scheduler.reduction_factor", 2)
@@ -483,7 +505,7 @@ def _parse_scheduler(raw: Any) -> SchedulerSpec:
         raise SpecError("scheduler.reduction_factor", rf, "must be >= 2 (keep the best 1/reduction_factor at each rung)")
     if max_t is not None and grace > max_t:
         raise SpecError("scheduler.grace_period", grace, f"must be <= scheduler.max_t ({max_t})")
-    return SchedulerSpec(type=typ, max_t=max_t, grace_period=grace, reduction_factor=float(rf))
+    return SchedulerSpec(type=typ, max_t=max_t, grace_period=grace, reduction_factor=float(rf), full_budget=full_budget)
 
 
 def _check_config_key(where: str, key: Any, value: Any) -> None:
@@ -526,65 +548,85 @@ def _parse_param(key: Any, spec: Any, algorithm: str) -> Param:
         raise SpecError(f"{where}.type", typ, f"grid parameters need search grid (search is {algorithm}; use choice)")
     if algorithm == "grid" and typ != "grid":
         raise SpecError(f"{where}.type", typ, "must be grid with search grid (every dimension is enumerated)")
-
-    if typ in ("uniform", "loguniform", "int"):
-        _only_keys(spec, ("type", "low", "high") + (("step",) if typ == "int" else ()), where)
-        if typ in ("uniform", "loguniform"):
-            _check_config_key(where, key, spec.get("low"))
-        for b in ("low", "high"):
-            if b not in spec:
-                raise SpecError(f"{where}.{b}", None, f"is required for type {typ}")
-        low, high = spec["low"], spec["high"]
-        if typ == "int":
-            low = _int(spec, "low", f"{where}.low", None)
-            high = _int(spec, "high", f"{where}.high", None)
-            step = _int(spec, "step", f"{where}.step", 1, lo=1)
-            _check_config_key(where, key, low)
-            if low > high:
-                raise SpecError(f"{where}.low", low, f"must be <= high ({high})")
-            if (high - low) % step:
-                raise SpecError(f"{where}.high", high, f"high - low must be a multiple of step ({step}) "
-                                                  f"so that high is reachable from low")
-            return Param(key=key, type=typ, low=low, high=high, step=step)
-        for b, v in (("low", low), ("high", high)):
-            if not is_number(v):
-                raise SpecError(f"{where}.{b}", v, "must be a finite number")
-        if low >= high:
-            raise SpecError(f"{where}.low", low, f"must be < high ({high}); use a constant in base for a single value")
-        if typ == "loguniform" and low <= 0:
-            raise SpecError(f"{where}.low", low, "must be > 0 for loguniform")
-        return Param(key=key, type=typ, low=float(low), high=float(high))
-
-    # choice / grid
+    if typ == "int":
+        return _parse_int_range(key, spec, where)
+    if typ in ("uniform", "loguniform"):
+        return _parse_float_range(key, spec, where, typ)
     _only_keys(spec, ("type", "values"), where)
     values = spec.get("values")
     named = isinstance(values, dict)  # {label: arm, ...}: arms with chosen labels
     if not (isinstance(values, list) or named) or not values:
         raise SpecError(f"{where}.values", values, f"must be a non-empty list (or a mapping of labelled arms) for type {typ}")
+    if named or all(isinstance(v, dict) for v in values):
+        return _parse_arms(key, values, where, typ)
+    return _parse_values(key, values, where, typ)
+
+
+def _required_bounds(spec: dict, where: str, typ: str) -> None:
+    for b in ("low", "high"):
+        if b not in spec:
+            raise SpecError(f"{where}.{b}", None, f"is required for type {typ}")
+
+
+def _parse_int_range(key: str, spec: dict, where: str) -> Param:
+    _only_keys(spec, ("type", "low", "high", "step"), where)
+    _required_bounds(spec, where, "int")
+    low = _int(spec, "low", f"{where}.low", None)
+    high = _int(spec, "high", f"{where}.high", None)
+    step = _int(spec, "step", f"{where}.step", 1, lo=1)
+    _check_config_key(where, key, low)
+    if low > high:
+        raise SpecError(f"{where}.low", low, f"must be <= high ({high})")
+    if (high - low) % step:
+        raise SpecError(f"{where}.high", high, f"high - low must be a multiple of step ({step}) "
+                                          f"so that high is reachable from low")
+    return Param(key=key, type="int", low=low, high=high, step=step)
+
+
+def _parse_float_range(key: str, spec: dict, where: str, typ: str) -> Param:
+    _only_keys(spec, ("type", "low", "high"), where)
+    _check_config_key(where, key, spec.get("low"))
+    _required_bounds(spec, where, typ)
+    low, high = spec["low"], spec["high"]
+    for b, v in (("low", low), ("high", high)):
+        if not is_number(v):
+            raise SpecError(f"{where}.{b}", v, "must be a finite number")
+    if low >= high:
+        raise SpecError(f"{where}.low", low, f"must be < high ({high}); use a constant in base for a single value")
+    if typ == "loguniform" and low <= 0:
+        raise SpecError(f"{where}.low", low, "must be > 0 for loguniform")
+    return Param(key=key, type=typ, low=float(low), high=float(high))
+
+
+def _parse_arms(key: str, values: list | dict, where: str, typ: str) -> Param:
+    """An arm dimension: a list of mappings (labelled from their values) or a mapping {label: arm}."""
+    named = isinstance(values, dict)
     items = list(values.items()) if named else [(None, v) for v in values]
-    if named or all(isinstance(v, dict) for _, v in items):
-        if key in _known_paths():
-            raise SpecError(f"{where}.values", items[0][1], "must be plain values for a config key; mappings of "
-                                                       "several config keys (arms) need a name that is not a config key")
-        arms: dict[str, dict] = {}
-        seen: dict[str, str] = {}
-        for i, (label, arm) in enumerate(items):
-            at = f"{where}.values.{label}" if named else f"{where}.values[{i}]"
-            if named and not (isinstance(label, str) and _NAME.match(label)):
-                raise SpecError(at, label, "an arm label must be letters, digits, '-', '_', '.'")
-            if not isinstance(arm, dict) or not arm:
-                raise SpecError(at, arm, "an arm must be a mapping that sets at least one config key")
-            for k, v in arm.items():
-                _check_config_key(f"{at}.{k}", k, v)
-                if not _scalar(v):
-                    raise SpecError(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
-            label = label if named else arm_label(arm)
-            fingerprint = inline(dict(sorted(arm.items())))
-            if fingerprint in seen or label in arms:
-                raise SpecError(at, arm, "repeats an earlier arm")
-            seen[fingerprint] = label
-            arms[label] = dict(arm)
-        return Param(key=key, type=typ, arms=arms)
+    if key in _known_paths():
+        raise SpecError(f"{where}.values", items[0][1], "must be plain values for a config key; mappings of "
+                                                   "several config keys (arms) need a name that is not a config key")
+    arms: dict[str, dict] = {}
+    seen: set[str] = set()
+    for i, (label, arm) in enumerate(items):
+        at = f"{where}.values.{label}" if named else f"{where}.values[{i}]"
+        if named and not (isinstance(label, str) and _NAME.match(label)):
+            raise SpecError(at, label, "an arm label must be letters, digits, '-', '_', '.'")
+        if not isinstance(arm, dict) or not arm:
+            raise SpecError(at, arm, "an arm must be a mapping that sets at least one config key")
+        for k, v in arm.items():
+            _check_config_key(f"{at}.{k}", k, v)
+            if not _scalar(v):
+                raise SpecError(f"{at}.{k}", v, "must be a plain value (number, string, bool, null)")
+        label = label if named else arm_label(arm)
+        fingerprint = inline(dict(sorted(arm.items())))
+        if fingerprint in seen or label in arms:
+            raise SpecError(at, arm, "repeats an earlier arm")
+        seen.add(fingerprint)
+        arms[label] = dict(arm)
+    return Param(key=key, type=typ, arms=arms)
+
+
+def _parse_values(key: str, values: list, where: str, typ: str) -> Param:
     for i, v in enumerate(values):
         if isinstance(v, dict):
             raise SpecError(f"{where}.values[{i}]", v, "mixes a mapping (arm) with plain values; use one or the other")
@@ -627,6 +669,38 @@ def _check_cross_rules(spec: SweepSpec) -> None:
             raise SpecError("scheduler.grace_period", sch.grace_period, f"must be <= scheduler.max_t ({sch.max_t})")
         if spec.n_trials < 2:
             raise SpecError("scheduler.type", "asha", "needs at least 2 trials to compare; use scheduler none")
+
+
+def _check_points(spec: SweepSpec) -> None:
+    """search.points_to_evaluate: whole configurations of the space, within it, no more than num_samples;
+    scheduler.full_budget needs them."""
+    points = spec.search.points_to_evaluate
+    if spec.scheduler.full_budget and not points:
+        raise SpecError("scheduler.full_budget", spec.scheduler.full_budget, "needs search.points_to_evaluate")
+    if len(points) > spec.num_samples:
+        raise SpecError("search.points_to_evaluate", f"{len(points)} points", f"must be at most num_samples "
+                                                                             f"({spec.num_samples}) configurations")
+    keys = [p.key for p in spec.params]
+    for i, point in enumerate(points):
+        where = f"search.points_to_evaluate[{i}]"
+        if set(point) != set(keys):
+            raise SpecError(where, inline(point), f"must give every parameter of the space, no other: {', '.join(keys)}")
+        for p in spec.params:
+            _check_point_value(f"{where}.{p.key}", p, point[p.key])
+    if len({inline(pt) for pt in points}) != len(points):
+        raise SpecError("search.points_to_evaluate", inline(points), "must not repeat a configuration")
+
+
+def _check_point_value(where: str, p: Param, v: Any) -> None:
+    if p.type in ("choice", "grid"):
+        if v not in p.labels:
+            what = "arm labels" if p.is_arm else "values"
+            raise SpecError(where, v, f"must be one of the parameter's {what}: {', '.join(map(inline, p.labels))}")
+    elif p.type == "int":
+        if not is_int(v) or not p.low <= v <= p.high or (v - p.low) % p.step:
+            raise SpecError(where, v, f"must be an integer in [{int(p.low)}, {int(p.high)}] step {int(p.step)}")
+    elif not is_number(v) or not p.low <= v <= p.high:
+        raise SpecError(where, v, f"must be a number in [{p.low:g}, {p.high:g}]")
 
 
 def possible_values(spec: SweepSpec, key: str) -> list:
