@@ -12,7 +12,10 @@ Order of work (every error is raised before the first optimiser step):
 5. after every epoch: evaluate on the whole validation set, run the metric hooks, append a line
    to ``metrics.jsonl``, write a checkpoint when due, then call ``callback(metrics, checkpoint_dir)``.
 
-The trainer knows nothing of Ray or MLflow; they are thin layers on the callback.
+The trainer knows nothing of Ray or MLflow; they are thin layers on the callback.  Data parallelism
+enters as a :class:`echos_core.parallel.DataParallel` (``parallel=``): the init checked identical on
+every rank, the model wrapped in DDP, each rank training on its part of every global batch of
+``train.batch_size``, validation sums added over ranks, and only rank 0 writing the run folder.
 
 Run folder::
 
@@ -51,6 +54,7 @@ from .build import build_run
 from .checkpoint import (CHECKPOINT_FORMAT, epoch_dirs, load_checkpoint, rng_state, run_dir_of, save_checkpoint,
                          set_rng_state)
 from .config import Config, ConfigError, config_to_dict, flatten
+from .parallel import DataParallel
 from .runinfo import environment
 
 __all__ = [
@@ -150,8 +154,11 @@ def _to_python(v: Any) -> Any:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, autocast, channels_last: bool,
-             num_classes: int) -> dict:
-    """Mean cross-entropy, top-1 and top-k (k = min(5, classes)) accuracy in percent on ``loader``."""
+             num_classes: int, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """Mean cross-entropy, top-1 and top-k (k = min(5, classes)) accuracy in percent on ``loader``.
+
+    ``all_sum`` (data-parallel runs): adds the sums over the ranks, each of which saw its part of the set.
+    """
     from timm.utils import accuracy
 
     model.eval()
@@ -174,9 +181,13 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast, channels_
         top1 += a1 * b
         topk += ak * b
         n += b
+    sums = torch.stack([loss_sum, top1, topk, torch.tensor(float(n), device=device, dtype=torch.float64)])
+    if all_sum is not None:
+        sums = all_sum(sums)
+    loss_sum, top1, topk, n = sums.tolist()
     n = max(n, 1)
     # Accuracies are counts over n in percent: 6 decimals hold them exactly (no 23.299999999999997 in tables).
-    return {"val_loss": loss_sum.item() / n, "val_top1": round(top1.item() / n, 6), "val_top5": round(topk.item() / n, 6)}
+    return {"val_loss": loss_sum / n, "val_top1": round(top1 / n, 6), "val_top5": round(topk / n, 6)}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -186,25 +197,27 @@ def train(cfg: Config, run_dir: str | Path | None = None, *,
           callback: Callable[[dict, Path | None], None] | None = None,
           resume_from: str | Path | None = None,
           metric_hooks: Sequence[Callable[[nn.Module], dict]] = (),
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, parallel: DataParallel | None = None) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (default ``cfg.output_dir / (cfg.run_name or cfg.default_run_name())``).
 
     ``callback(metrics, checkpoint_dir)`` runs once per epoch after that epoch's checkpoint is written
     (``checkpoint_dir`` is None when none was due).  ``metric_hooks`` are called with the (uncompiled)
     model after each evaluation; their dicts are merged into the epoch's metrics.  ``resume_from`` is a
     checkpoint file, checkpoint folder or run folder; the run continues exactly where it stopped.
-    Raises :class:`TrainingDiverged` on a non-finite loss.
+    ``parallel``: this process is one rank of a data-parallel run (see the module docstring); every
+    rank calls ``train`` with the same config and ``callback`` runs on every rank (``checkpoint_dir``
+    None except on rank 0).  Raises :class:`TrainingDiverged` on a non-finite loss.
     """
     threads = torch.get_num_threads()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     try:
-        return _train(cfg, run_dir, callback, resume_from, metric_hooks, progress)
+        return _train(cfg, run_dir, callback, resume_from, metric_hooks, progress, parallel)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's setting, not the process's
 
 
-def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) -> TrainResult:
+def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, parallel) -> TrainResult:
 
     # ---- 1. everything that can be wrong is checked before compute
     tc = cfg.train
@@ -216,7 +229,9 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
 
     built = build_run(cfg)
     data, model, report = built.data, built.model, built.init_report
-    steps_per_epoch = _steps_per_epoch(tc, data)
+    steps_per_epoch = _steps_per_epoch(tc, data, parallel)
+    main = parallel is None or parallel.is_main  # the one process that writes files
+    shard = parallel.shard if parallel is not None else (0, 1)
     total_steps = tc.epochs * steps_per_epoch
     warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
 
@@ -232,32 +247,29 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler, criterion = _optimisation(model, tc, warmup_steps, total_steps, data.mixup_fn is not None)
 
-    history: list[dict] = []
-    start_epoch = 1
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history = list(ckpt["history"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        log.info(f"resumed from {ckpt['path']} after epoch {ckpt['epoch']}")
-    runner = torch.compile(model) if tc.compile else model
+    history, start_epoch = _restore(ckpt, model, optimizer, scheduler)
+    runner = model
+    if parallel is not None:
+        parallel.check_identical(model, "the resumed model" if ckpt is not None else "the initial model")
+        runner = parallel.wrap(model)
+    runner = torch.compile(runner) if tc.compile else runner
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
-    _write_run_folder(run_dir, cfg, report.to_dict(), history, fresh=ckpt is None)
-    log.info(f"run folder: {run_dir}")
+    if main:
+        _write_run_folder(run_dir, cfg, report.to_dict(), history, fresh=ckpt is None)
+        log.info(f"run folder: {run_dir}")
     metric_hooks = list(metric_hooks)
     if tc.kernel_metrics:
         from .analysis import epoch_kernel_metrics
 
         if epoch_kernel_metrics not in metric_hooks:  # a caller may already pass it
             metric_hooks.append(epoch_kernel_metrics)
-        if ckpt is None:
+        if ckpt is None and main:
             write_kernel_mosaics(model, run_dir / "kernels", "init", run=cfg.run_name or cfg.default_run_name())
     val_loader = data.loader("val", tc.batch_size, seed=cfg.seed, epoch=0, device=device,
-                             num_workers=cfg.data.num_workers)
+                             num_workers=cfg.data.num_workers, shard=shard)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
         set_rng_state(ckpt["rng"])
     bar = _progress_bar(progress, total_steps, (start_epoch - 1) * steps_per_epoch)
@@ -269,34 +281,20 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress) 
     try:
         for epoch in range(start_epoch, tc.epochs + 1):
             loader = data.loader("train", tc.batch_size, seed=cfg.seed, epoch=epoch, device=device,
-                                 num_workers=cfg.data.num_workers)
+                                 num_workers=cfg.data.num_workers, shard=shard)
             t0 = time.perf_counter()
             losses, train_time = _train_epoch(step_ctx, loader, epoch, bar)
             metrics: dict[str, Any] = {
                 "epoch": epoch,
-                "train_loss": torch.stack(losses).mean().item(),
-                **evaluate(runner, val_loader, device, autocast, channels_last, data.num_classes),
+                "train_loss": _mean_loss(losses, parallel),
+                **_evaluate(runner, model, val_loader, step_ctx, data.num_classes, parallel),
                 "images_per_sec": len(losses) * tc.batch_size / max(train_time, 1e-9),
                 "lr": optimizer.param_groups[0]["lr"],
             }
             metrics["epoch_time_s"] = time.perf_counter() - t0
-            for hook in metric_hooks:
-                for key, value in hook(model).items():
-                    if key in metrics:
-                        raise ValueError(f"metric hook {getattr(hook, '__name__', hook)!r} returned {key!r}, "
-                                         "which the trainer already reports")
-                    metrics[key] = _to_python(value)
+            _run_hooks(metric_hooks, model, metrics)
             history.append(metrics)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            log.info(_epoch_line(metrics, tc.epochs))
-
-            ckpt_dir = None
-            if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
-                ckpt_dir = _save_epoch(run_dir, cfg, epoch, step_ctx, history)
-            if tc.kernel_metrics:  # the kernels as training left them, before the callback (which may end a trial)
-                write_kernel_mosaics(model, run_dir / "kernels", "final", caption=f"after epoch {epoch}/{tc.epochs}",
-                                     run=cfg.run_name or cfg.default_run_name())
+            ckpt_dir = _write_epoch(run_dir, cfg, step_ctx, history) if main else None
             if callback is not None:
                 callback(dict(metrics), ckpt_dir)
     finally:
@@ -322,9 +320,15 @@ def check_batch_size(batch_size: int, n_train: int, mixup: bool) -> None:
         raise ConfigError("train.batch_size", batch_size, "must be even when mixup/CutMix is on (images are paired)")
 
 
-def _steps_per_epoch(tc, data) -> int:
+def _steps_per_epoch(tc, data, parallel=None) -> int:
     """Optimiser steps per epoch (full batches only); a batch size the data cannot fill is an error."""
     n_train = len(data.train)
+    if parallel is not None:
+        world = parallel.world_size
+        if tc.batch_size % world or (data.mixup_fn is not None and tc.batch_size % (2 * world)):
+            rule = "an even number of images" if data.mixup_fn is not None else "the same number of images"
+            raise ConfigError("train.batch_size", tc.batch_size, f"must give each of the {world} data-parallel "
+                              f"workers {rule} (the global batch is split over them)")
     check_batch_size(tc.batch_size, n_train, data.mixup_fn is not None)
     steps = n_train // tc.batch_size  # drop_last: every step sees a full batch
     return steps if tc.steps_per_epoch is None else min(steps, tc.steps_per_epoch)
@@ -401,6 +405,60 @@ def _train_epoch(c: _Steps, loader, epoch: int, bar) -> tuple[list[torch.Tensor]
     train_time = time.perf_counter() - t0
     _check_finite(losses, checked, epoch, c.steps_per_epoch, c.optimizer)
     return losses, train_time
+
+
+def _restore(ckpt: dict | None, model: nn.Module, optimizer, scheduler) -> tuple[list[dict], int]:
+    """(history, first epoch to train): a checkpoint's model, optimiser and schedule state, or a fresh start."""
+    if ckpt is None:
+        return [], 1
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    log.info(f"resumed from {ckpt['path']} after epoch {ckpt['epoch']}")
+    return list(ckpt["history"]), int(ckpt["epoch"]) + 1
+
+
+def _run_hooks(metric_hooks, model: nn.Module, metrics: dict) -> None:
+    """Add each metric hook's values to the epoch's ``metrics`` (a hook may not replace the trainer's own)."""
+    for hook in metric_hooks:
+        for key, value in hook(model).items():
+            if key in metrics:
+                raise ValueError(f"metric hook {getattr(hook, '__name__', hook)!r} returned {key!r}, "
+                                 "which the trainer already reports")
+            metrics[key] = _to_python(value)
+
+
+def _write_epoch(run_dir: Path, cfg: Config, c: "_Steps", history: list[dict]) -> Path | None:
+    """The run folder's part of an epoch (the one writing process): its line of ``metrics.jsonl``, its
+    checkpoint when due (returned), and the kernels as training left them (before the callback, which may
+    end a trial)."""
+    tc, metrics = cfg.train, history[-1]
+    epoch = metrics["epoch"]
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    log.info(_epoch_line(metrics, tc.epochs))
+    ckpt_dir = None
+    if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
+        ckpt_dir = _save_epoch(run_dir, cfg, epoch, c, history)
+    if tc.kernel_metrics:
+        write_kernel_mosaics(c.model, run_dir / "kernels", "final", caption=f"after epoch {epoch}/{tc.epochs}",
+                             run=cfg.run_name or cfg.default_run_name())
+    return ckpt_dir
+
+
+def _mean_loss(losses: list[torch.Tensor], parallel: DataParallel | None) -> float:
+    """The epoch's mean training loss (over every rank's parts of the batches)."""
+    local = torch.stack(losses).mean().item()
+    return local if parallel is None else parallel.mean(local)
+
+
+def _evaluate(runner: nn.Module, model: nn.Module, val_loader, c: "_Steps", num_classes: int,
+              parallel: DataParallel | None) -> dict:
+    """:func:`evaluate`; data-parallel: the plain model with rank 0's buffers, sums over ranks."""
+    if parallel is None:
+        return evaluate(runner, val_loader, c.device, c.autocast, c.channels_last, num_classes)
+    parallel.sync_buffers(model)
+    return evaluate(model, val_loader, c.device, c.autocast, c.channels_last, num_classes, parallel.all_sum)
 
 
 def _save_epoch(run_dir: Path, cfg: Config, epoch: int, c: _Steps, history: list[dict]) -> Path:

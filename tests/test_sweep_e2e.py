@@ -14,6 +14,7 @@ id (its own pid); waits are bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -274,6 +275,18 @@ def _finished_runs(db: Path) -> int:
         return 0
 
 
+def _lock_free(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
 def test_resume_after_the_driver_is_killed(tmp_path):
     spec = _tiny_spec("resumable", space={"init.on_ratio": {"type": "uniform", "low": 0.0, "high": 1.0}},
                       search={"algorithm": "optuna", "seed": 0, "n_startup_trials": 2},
@@ -289,6 +302,9 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     finally:
         _stop(driver, signal.SIGKILL)  # the driver and its local Ray instance, hard
     assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    # the killed driver's watchdog ends its Ray processes and runs, holding the sweep's lock meanwhile
+    _wait_for(lambda: all(_lock_free(f) for f in (tmp_path / "ray_results").glob("*/.echos-driver.lock")), 120,
+              "the killed driver's watchdog to finish")
 
     client, parents, trials = _runs(uri, "resumable")
     assert len(parents) == 1
@@ -360,34 +376,43 @@ def _ray_nodes(address: str) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A head and a worker node on loopback, 1 CPU each, started with `ray start --block`."""
-    root = tmp_path_factory.mktemp("ray-cluster")
+@contextlib.contextmanager
+def _two_node_cluster(root: Path, head_cpus: int = 1):
+    """A head (``head_cpus`` CPUs) and a worker node (1 CPU) on loopback, started with `ray start --block`:
+    yields (address, [head and worker node ids], the worker node's process)."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats", "--block"]
+    common = ["--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats", "--block"]
     procs = []
     try:
         head_log = root / "head.log"
         head = _start([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                       "--include-dashboard=false", f"--temp-dir={temp}", *common], root, head_log)
+                       "--include-dashboard=false", f"--temp-dir={temp}", f"--num-cpus={head_cpus}", *common],
+                      root, head_log)
         procs.append(head)
         _wait_for(lambda: "Ray runtime started" in head_log.read_text(errors="replace"), 180, "ray head", head, head_log)
         worker_log = root / "worker.log"
-        worker = _start([ray_bin, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
+        worker = _start([ray_bin, "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                         *common],
                         root, worker_log)
         procs.append(worker)
         _wait_for(lambda: "Ray runtime started" in worker_log.read_text(errors="replace"), 180, "ray worker",
                   worker, worker_log)
         nodes = _wait_for(lambda: (lambda n: n if len(n) == 2 else None)(_ray_nodes(address)), 120, "2 alive nodes")
-        yield address, nodes
+        yield address, nodes, worker
     finally:
         for p in reversed(procs):
             _stop(p)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """The two-node loopback cluster the cluster tests share: (address, node ids)."""
+    with _two_node_cluster(tmp_path_factory.mktemp("ray-cluster")) as (address, nodes, _):
+        yield address, nodes
 
 
 def test_cluster_sweep_logs_over_http_from_both_nodes(tmp_path, mlflow_server, ray_cluster):
@@ -412,6 +437,131 @@ def test_cluster_sweep_logs_over_http_from_both_nodes(tmp_path, mlflow_server, r
     arms = sorted((r.data.params["init.scheme"], r.data.params.get("init.on_ratio"), r.data.params["seed"])
                   for r in trials)  # Kaiming reads no init.on_ratio: it has no such param
     assert arms == [("dog", "0.25", "0"), ("dog", "0.25", "1"), ("kaiming", None, "0"), ("kaiming", None, "1")]
+
+
+# --------------------------------------------------------------------------- data-parallel trials (Ray Train)
+
+# A 2-worker trial vs one process with the same global batch and seed, per epoch: absolute
+# differences (top-1 in percent points).  The only differences are summation order and batch
+# norm, which normalises each worker's half batch with its own statistics.
+DDP_TOLERANCE = {"train_loss": 0.05, "val_loss": 0.05, "val_top1": 5.0}
+
+
+def _ddp_spec(name: str, placement: str, cpus: float, epochs: int, fake_size: int) -> dict:
+    spec = _tiny_spec(name, search="grid", scheduler="none", seeds=[0])
+    spec["base"]["data"]["fake_size"] = fake_size
+    spec["base"]["train"].update(epochs=epochs, steps_per_epoch=None, threads=1)
+    spec["resources"] = {"workers": 2, "cpus": cpus, "placement": placement}
+    return spec
+
+
+def test_data_parallel_trial_on_two_nodes_matches_one_process(tmp_path, mlflow_server, ray_cluster):
+    from echos_core.config import config_from_dict
+    from echos_core.trainer import train
+
+    address, node_ids = ray_cluster
+    spec = _ddp_spec("ddp", "STRICT_SPREAD", 0.5, epochs=3, fake_size=128)  # a worker on each node
+    path = _write(tmp_path, spec)
+    dry = _echos(["sweep", path, "--dry-run", "--address", address], cwd=tmp_path)
+    assert dry.returncode == 0 and "2 live node(s) can place a trial of 2 workers" in dry.stdout, dry.stdout[-3000:]
+    t0 = time.time()
+    res = _echos(["sweep", path, "--address", address, "--tracking-uri", mlflow_server,
+                  "--storage-path", tmp_path / "shared"], cwd=tmp_path)
+    ddp_wall = time.time() - t0
+    assert res.returncode == 0, res.stdout[-6000:]
+    assert "1 finished" in res.stdout
+
+    client, parents, trials = _runs(mlflow_server, "ddp")
+    assert len(parents) == 1 and len(trials) == 1  # one MLflow run for the trial, not one per worker
+    run = trials[0]
+    assert _check_trial_run(client, run, parents[0].info.run_id, max_epochs=3) == [1, 2, 3]
+    assert run.data.tags["echos.world_size"] == "2"
+    assert sorted(run.data.tags["echos.nodes"].split(",")) == sorted(node_ids)  # the workers on different nodes
+
+    cfg = config_from_dict({**spec["base"], "seed": 0})
+    t0 = time.time()
+    single = train(cfg, run_dir=tmp_path / "single").history
+    single_wall = time.time() - t0
+    ddp = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in (*DDP_TOLERANCE, "epoch_time_s")}
+    worst = {k: max(abs(a - h[k]) for a, h in zip(ddp[k], single, strict=True)) for k in DDP_TOLERANCE}
+    ratio = sum(ddp["epoch_time_s"]) / sum(h["epoch_time_s"] for h in single)
+    print(f"\ndata-parallel agreement (max |2 workers - 1 process| over 3 epochs): {worst}; epoch time ratio "
+          f"2 workers / 1 process {ratio:.2f}; sweep wall {ddp_wall:.0f} s vs train() {single_wall:.1f} s")
+    for key, tol in DDP_TOLERANCE.items():
+        assert worst[key] <= tol, (key, ddp[key], [h[key] for h in single])
+
+
+def _max_epoch_logged(uri: str, experiment: str) -> int:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    steps = [m.step for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("echos.trial_id")
+             for m in client.get_metric_history(r.info.run_id, "val_top1")]
+    return max(steps, default=0)
+
+
+def _trial_nodes(uri: str, experiment: str) -> list[str]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp is not None else []
+    return [n for r in runs for n in r.data.tags.get("echos.nodes", "").split(",") if n]
+
+
+def test_data_parallel_trial_resumes_after_losing_the_worker_node(tmp_path, mlflow_server):
+    """The worker node dies mid-trial; the trial goes on on the head alone (2 CPUs: room for both
+    workers, and for the bundle a dead trial process may leave held: Ray Train's placement-group
+    cleaner needs the dashboard, which this cluster does not run)."""
+    epochs = 12
+    spec = _ddp_spec("ddp-kill", "SPREAD", 0.45, epochs=epochs, fake_size=512)
+    spec["base"]["model"].update(dim=16, depth=2)
+    path = _write(tmp_path, spec)
+    (tmp_path / "cluster").mkdir()
+    with _two_node_cluster(tmp_path / "cluster", head_cpus=2) as (address, node_ids, worker):
+        log = tmp_path / "driver.log"
+        driver = _start(ECHOS + ["sweep", path, "--address", address, "--tracking-uri", mlflow_server,
+                                 "--storage-path", tmp_path / "shared"], tmp_path, log)
+        try:
+            _wait_for(lambda: _max_epoch_logged(mlflow_server, "ddp-kill") >= 2, 400, "epoch 2 of the trial",
+                      driver, log)
+            killed_after = _max_epoch_logged(mlflow_server, "ddp-kill")
+            assert sorted(_trial_nodes(mlflow_server, "ddp-kill")) == sorted(node_ids)  # a worker on each node
+            _stop(worker, signal.SIGKILL)  # the worker node and every process on it, hard
+            driver.wait(timeout=600)
+        finally:
+            if driver.poll() is None:
+                _stop(driver)
+    out = log.read_text(errors="replace")
+    assert driver.returncode == 0, out[-6000:]
+    assert killed_after < epochs, "the trial finished before the node was killed: nothing was tested"
+    assert "resumed from" in out, out[-6000:]  # the trainer restarted from a checkpoint, not from scratch
+    client, parents, trials = _runs(mlflow_server, "ddp-kill")
+    assert len(parents) == 1 and len(trials) == 1  # no duplicated run
+    # every epoch logged exactly once, in order, and the run finished
+    assert _check_trial_run(client, trials[0], parents[0].info.run_id, max_epochs=epochs) == list(range(1, epochs + 1))
+
+
+def test_asha_stopped_data_parallel_trial_ends_and_frees_its_workers(tmp_path):
+    """ASHA ends a 2-worker trial abruptly (its process is killed, and with it Ray Train's controller);
+    Ray Train's placement-group cleaner frees the workers' CPUs (it needs the state API: the dashboard
+    of ``ray[default]``), so the next trial starts and the sweep ends.  Without the cleaner the second
+    trial waits for ever for CPUs held by the first, whose end ASHA also decides (at max_t)."""
+    epochs = 8
+    spec = _ddp_spec("ddp-asha", "PACK", 0.5, epochs=epochs, fake_size=256)
+    spec.update(space={"train.lr": {"type": "grid", "values": [0.01, 0.00001]}},  # the second is worse at epoch 1
+                scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}, metric="val_loss", mode="min")
+    path = _write(tmp_path, spec)
+    res = _echos(["sweep", path, "--storage-path", tmp_path / "ray"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-6000:]
+    assert "1 finished, 1 stopped early by ASHA, 0 failed" in res.stdout, res.stdout[-3000:]
+    client, parents, trials = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "ddp-asha")
+    assert len(parents) == 1 and len(trials) == 2
+    # FINISHED, tagged as stopped early when it was, each epoch once; the stopped trial's workers may have
+    # trained a little past epoch 1 before the stop reached them (Ray Train's reports are queued), never to the end.
+    epochs_of = {run.data.params["train.lr"]: _check_trial_run(client, run, parents[0].info.run_id, max_epochs=epochs)
+                 for run in trials}
+    assert epochs_of["0.01"] == list(range(1, epochs + 1)) and 1 <= len(epochs_of["1e-05"]) < epochs, epochs_of
+    assert all(run.data.tags["echos.world_size"] == "2" for run in trials)
 
 
 # --------------------------------------------------------------------------- echos ui

@@ -351,3 +351,39 @@ def test_tracking_outage_longer_than_the_retries_loses_nothing(tmp_path):
         if driver is not None and driver.poll() is None:
             _stop(driver, signal.SIGKILL)
         _stop(server)
+
+
+def test_resume_waits_for_a_killed_drivers_watchdog_but_not_for_a_live_driver(tmp_path):
+    """The lock of a dead driver (held on by its watchdog) is waited for; a live driver's is refused at once."""
+    import subprocess
+    import threading
+
+    from echos_core.sweep.runner import _driver_lock
+    from echos_core.sweep.spec import SpecError
+
+    folder = tmp_path / "s-1"
+    folder.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for holder, waits in ((f"pid {dead.pid} on {__import__('socket').gethostname()}", True),
+                          ("the watchdog (pid 1) of driver pid 2, which was killed", True),
+                          (f"pid {os.getpid()} on {__import__('socket').gethostname()}", False)):
+        held = open(folder / ".echos-driver.lock", "a+")
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.truncate(0)
+        held.write(holder)
+        held.flush()
+        timer = threading.Timer(1.5, held.close)  # the holder lets go after 1.5 s
+        timer.start()
+        t0 = time.monotonic()
+        try:
+            with _driver_lock(str(tmp_path), "s-1"):
+                got = True
+        except SpecError as e:
+            got = False
+            assert "another driver" in str(e)
+        waited = time.monotonic() - t0
+        timer.join()
+        held.close()
+        assert got == waits, holder
+        assert (waited >= 1.4) == waits, (holder, waited)

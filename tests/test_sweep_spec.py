@@ -56,7 +56,7 @@ def _run(tmp_path, spec, *args, capsys):
 
 # Specs whose data is not shipped (CIFAR-10 fetched beforehand, ImageNet): with the hermetic empty data
 # folder of the tests, their dry run opens the data source and refuses, in one line naming data.root.
-NEEDS_DATA = {"kernel_size", "onoff_ratio_cifar10", "paper_imagenet"}
+NEEDS_DATA = {"kernel_size", "onoff_ratio_cifar10", "paper_imagenet", "paper_imagenet_50ep"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
@@ -207,6 +207,11 @@ BROKEN = [
     ("negative-gpus", "resources/gpus", -1, "resources.gpus=-1: must be >= 0"),
     ("zero-cpus", "resources/cpus", 0, "resources.cpus=0: must be > 0"),
     ("gpus-with-cpu-device", "resources/gpus", 0.5, "resources.gpus=0.5: is > 0 but base train.device is 'cpu'"),
+    ("zero-workers", "resources/workers", 0, "resources.workers=0: must be >= 1"),
+    ("bad-placement", "resources/placement", "ANYWHERE",
+     "resources.placement='ANYWHERE': must be one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
+    ("batch-not-split-by-workers", "resources/workers", 3,
+     "train.batch_size=8: must be a multiple of resources.workers (3)"),
     ("repeated-seed", "seeds", [0, 0], "seeds=[0, 0]: must not repeat a seed"),
     ("negative-seed", "seeds", [-1], "seeds=-1: every seed must be an integer in [0, 2**32)"),
     ("unknown-mlflow-key", "mlflow/uri", "x", "mlflow.uri='x': unknown key; allowed in mlflow: tracking_uri, experiment"),
@@ -369,3 +374,66 @@ def test_trial_run_names_start_with_what_differs():
     assert name == "dog-on0.25-s1-lr0.0031-convmixer-k5-embedded-00003"
     kaiming = config_from_dict({"init": {"scheme": "kaiming"}, "seed": 3})
     assert kaiming.default_run_name().startswith("kaiming-s3-")
+
+
+# --------------------------------------------------------------------------- data-parallel trial shapes
+
+
+def _shape(**res) -> "object":
+    spec = copy.deepcopy(VALID)
+    spec["resources"] = res
+    return parse_spec(spec)
+
+
+def test_data_parallel_resources_parse_and_describe():
+    spec = _shape(workers=2, cpus=0.5, placement="STRICT_SPREAD")
+    assert (spec.workers, spec.cpus, spec.placement) == (2, 0.5, "STRICT_SPREAD")
+    assert spec.trial_cpus == pytest.approx(1.01)  # the workers and the trial's own process
+    assert spec.describe_resources() == "2 workers x (0.5 CPU, 0 GPU), placement STRICT_SPREAD"
+    assert _shape().workers == 1 and _shape().trial_cpus == 1  # the default: nothing changes
+    gpu = copy.deepcopy(VALID)
+    gpu["base"]["train"]["device"] = "cuda"
+    gpu["resources"] = {"workers": 2, "gpus": 0.5}
+    with pytest.raises(SpecError, match=r"resources.gpus=0.5: must be a whole number with workers > 1"):
+        parse_spec(gpu)
+    gpu["base"]["train"]["device"] = "cuda:1"
+    gpu["resources"] = {"workers": 2, "gpus": 1}
+    with pytest.raises(SpecError, match=r"base.train.device='cuda:1': must be 'cuda'"):
+        parse_spec(gpu)
+
+
+@pytest.mark.parametrize("res, nodes, fits", [
+    ({"workers": 2, "cpus": 1, "placement": "STRICT_SPREAD"}, [{"CPU": 2}, {"CPU": 1}], True),
+    ({"workers": 2, "cpus": 1, "placement": "STRICT_SPREAD"}, [{"CPU": 4}], False),  # one node only
+    ({"workers": 2, "cpus": 1, "placement": "STRICT_PACK"}, [{"CPU": 1}, {"CPU": 1}], False),
+    ({"workers": 2, "cpus": 1, "placement": "PACK"}, [{"CPU": 1}, {"CPU": 1}], False),  # + 0.01 for the trial
+    ({"workers": 2, "cpus": 0.5, "placement": "SPREAD"}, [{"CPU": 1}, {"CPU": 1}], True),
+    ({"workers": 8, "cpus": 10, "gpus": 1, "placement": "PACK"}, [{"CPU": 96, "GPU": 4}] * 2, True),
+    ({"workers": 8, "cpus": 10, "gpus": 1, "placement": "STRICT_PACK"}, [{"CPU": 96, "GPU": 4}] * 2, False),
+    ({"workers": 8, "cpus": 10, "gpus": 1, "placement": "PACK"}, [{"CPU": 96, "GPU": 8}], True),
+    ({"cpus": 4}, [{"CPU": 2}, {"CPU": 2}], False),  # one process: one node must hold it
+])
+def test_placement_check(res, nodes, fits):
+    from echos_core.sweep.placement import check_placement
+
+    spec = copy.deepcopy(VALID)
+    if res.get("gpus"):
+        spec["base"]["train"]["device"] = "cuda"
+        spec["base"]["train"]["batch_size"] = 16
+    spec["resources"] = res
+    spec = parse_spec(spec)
+    if fits:
+        check_placement(spec, nodes, "the cluster at X")
+    else:
+        with pytest.raises(SpecError, match="the cluster at X cannot place one trial of this shape") as e:
+            check_placement(spec, nodes, "the cluster at X")
+        assert "\n" not in str(e.value)
+
+
+def test_smoke_spec_shrinks_a_data_parallel_trial_to_this_machine():
+    spec = parse_spec(yaml.safe_load((SWEEPS / "paper_imagenet.yaml").read_text()), SWEEPS)
+    assert (spec.workers, spec.gpus) == (8, 1)
+    small, notes = smoke_spec(spec, cuda_available=False)
+    assert small.workers == 2 and small.gpus == 0 and small.placement == "PACK"
+    assert small.trial_cpus <= (__import__("os").cpu_count() or 1)
+    assert any("2 workers" in n for n in notes)

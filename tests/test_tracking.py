@@ -110,6 +110,23 @@ def test_trial_end_is_marked_from_the_driver(store, last, errored, expected):
     assert marker.mark("no-such-trial", {}, False) is None
 
 
+@pytest.mark.parametrize("held,expected", [(2, ("stopped", "true", "2")), (3, ("finished", "false", "3"))])
+def test_a_trial_that_ran_past_the_schedulers_stop_is_marked_by_what_its_run_holds(store, held, expected):
+    """A data-parallel trial's workers run ahead of Tune (Ray Train's reports pass through queues): ASHA
+    stops it on epoch 1's result while its run already holds epoch ``held``; the tags say what the run holds."""
+    from echos_core.sweep.status import MlflowTrialStatus
+
+    run = MlflowRun(store, "exp-a", "trial", {}, {"echos.sweep_id": "s-a", "echos.trial_id": f"t{held}"})
+    for epoch in range(1, held + 1):
+        run.log_epoch({"epoch": epoch, "val_loss": 1.0 / epoch})
+    marker = MlflowTrialStatus(store, "exp-a", "s-a")
+    assert marker.mark(f"t{held}", {"epoch": 1, "max_epochs": 3, "mlflow_run_id": run.run_id}, False) == expected[0]
+    tags = MlflowClient(tracking_uri=store).get_run(run.run_id).data.tags
+    assert (tags["echos.status"], tags["echos.asha_stopped"], tags["echos.last_epoch"]) == expected
+    if held < 3:
+        assert "after epoch 2 of 3 (decided on epoch 1's result" in tags["mlflow.note.content"]
+
+
 def test_each_trial_keeps_its_own_end_time(store):
     """Marking every trial again when the sweep ends must not move their end times to the sweep's end."""
     import time

@@ -74,15 +74,17 @@ class DataBundle:
     _loaders: dict = field(default_factory=dict, repr=False)  # per-sample loaders, reused across epochs
 
     def loader(self, split: str, batch_size: int, *, seed: int, epoch: int, device="cpu",
-               num_workers: int = 0) -> Iterable:
+               num_workers: int = 0, shard: tuple[int, int] = (0, 1)) -> Iterable:
         """One epoch of ``split`` ("train": shuffled, augmented, full batches; "val": in order, all images)
-        on the bundle's pipeline.  Resident batches are already on ``device``."""
+        on the bundle's pipeline.  Resident batches are already on ``device``.  ``shard=(rank, world_size)``:
+        that rank's part of every batch of ``batch_size`` (echos_core.parallel)."""
         train = split == "train"
         ds = self.train if train else self.val
         if self.pipeline != "resident":  # one loader per split: its workers live across epochs
-            key = (split, batch_size, seed, num_workers, str(device))
+            key = (split, batch_size, seed, num_workers, tuple(shard), str(device))
             if key not in self._loaders:
-                args = dict(shuffle=train, seed=seed, epoch=epoch, num_workers=num_workers, drop_last=train)
+                args = dict(shuffle=train, seed=seed, epoch=epoch, num_workers=num_workers, drop_last=train,
+                            shard=shard)
                 u8 = ds.uint8_view() if isinstance(ds, ArrayDataset) else None
                 # uint8 batches normalised on the device when nothing follows the normalisation (random
                 # erasing does: then, and for ImageFolder, normalised per sample as before)
@@ -97,7 +99,7 @@ class DataBundle:
             self._resident[key] = ResidentSplit(*ds.tensors(), size=self.image_size, device=torch.device(device))
         return ResidentLoader(self._resident[key], batch_size, shuffle=train, seed=seed, epoch=epoch,
                               mean=self.mean, std=self.std, augment=self.augment if train else None,
-                              drop_last=train)
+                              drop_last=train, shard=shard)
 
 
 def data_root(cfg) -> Path:

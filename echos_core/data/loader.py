@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..seeding import seed_everything
 
-__all__ = ["epoch_seed", "epoch_order", "EpochLoader", "make_loader", "DeviceNormalise", "device_normalised_loader"]
+__all__ = ["epoch_seed", "epoch_order", "EpochLoader", "make_loader", "shard_bounds", "DeviceNormalise",
+           "device_normalised_loader"]
 
 _ORDER, _GLOBALS, _AUGMENT = 0, 1, 2  # independent streams derived from the same (seed, epoch)
 
@@ -51,12 +52,26 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-class _EpochBatches(Sampler):
-    """Batches of ``(index, batch seed)``: :func:`epoch_order` (or 0..n-1), the seed None when unshuffled."""
+def shard_bounds(m: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """The part ``[lo, hi)`` of a batch of ``m`` items that rank ``shard[0]`` of ``shard[1]`` takes.
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, epoch: int):
+    Contiguous parts whose sizes differ by at most one; together they are the whole batch, so
+    ``world_size`` data-parallel processes see exactly the batches of one process.
+    """
+    rank, world = shard
+    return m * rank // world, m * (rank + 1) // world
+
+
+class _EpochBatches(Sampler):
+    """Batches of ``(index, batch seed)``: :func:`epoch_order` (or 0..n-1), the seed None when unshuffled.
+
+    ``batch_size`` is the global batch; a ``shard`` ``(rank, world_size)`` yields that rank's part of each.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, epoch: int,
+                 shard: tuple[int, int] = (0, 1)):
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
-        self.seed, self.epoch = int(seed), int(epoch)
+        self.seed, self.epoch, self.shard = int(seed), int(epoch), tuple(shard)
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -65,7 +80,10 @@ class _EpochBatches(Sampler):
         order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
         for b in range(len(self)):
             s = epoch_seed(self.seed, self.epoch, _AUGMENT, b) if self.shuffle else None
-            yield [(i, s) for i in order[b * self.batch_size:(b + 1) * self.batch_size].tolist()]
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            lo, hi = shard_bounds(len(batch), self.shard)
+            if hi > lo:
+                yield [(i, s) for i in batch[lo:hi]]
 
 
 class _SeededFetch(Dataset):
@@ -90,8 +108,8 @@ class EpochLoader(DataLoader):
     """A ``DataLoader`` whose order and augmentation are fixed by (seed, epoch); see the module docstring."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
-                 num_workers: int = 0, drop_last: bool = False, **kwargs):
-        batches = _EpochBatches(len(dataset), batch_size, shuffle, drop_last, seed, epoch)
+                 num_workers: int = 0, drop_last: bool = False, shard: tuple[int, int] = (0, 1), **kwargs):
+        batches = _EpochBatches(len(dataset), batch_size, shuffle, drop_last, seed, epoch, shard)
         super().__init__(_SeededFetch(dataset), batch_sampler=batches, num_workers=num_workers,
                          persistent_workers=num_workers > 0, **kwargs)
         self.seed, self.shuffle = int(seed), bool(shuffle)
@@ -111,12 +129,12 @@ class EpochLoader(DataLoader):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
-                num_workers: int = 0, drop_last: bool = False,
+                num_workers: int = 0, drop_last: bool = False, shard: tuple[int, int] = (0, 1),
                 pin_memory: Optional[bool] = None, collate_fn=None) -> EpochLoader:
     """A loader for one epoch (``set_epoch`` for the next): batches and augmentation are a pure
-    function of (seed, epoch)."""
+    function of (seed, epoch); with ``shard=(rank, world_size)``, rank's part of each batch."""
     return EpochLoader(dataset, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, num_workers=num_workers,
-                       drop_last=drop_last, collate_fn=collate_fn,
+                       drop_last=drop_last, shard=shard, collate_fn=collate_fn,
                        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
 
 

@@ -36,7 +36,7 @@ import torch
 
 from ..config import AugmentConfig
 from ..seeding import seed_everything
-from .loader import _AUGMENT, _GLOBALS, epoch_order, epoch_seed
+from .loader import _AUGMENT, _GLOBALS, epoch_order, epoch_seed, shard_bounds
 from .transforms import reflect_index, resize_uint8
 
 __all__ = ["ResidentSplit", "ResidentLoader", "draw_crop_flip", "crop_flip"]
@@ -81,12 +81,14 @@ class ResidentLoader:
     """Batches of a :class:`ResidentSplit` for one epoch: ``(normalised float (B, C, H, W), labels)``.
 
     ``augment=None`` (evaluation): batches in order, no augmentation, the last one partial unless
-    ``drop_last``.  Iterating twice gives the same batches.
+    ``drop_last``.  Iterating twice gives the same batches.  ``shard=(rank, world_size)``: rank's
+    contiguous part of every global batch, with the crops and flips that part gets in the whole batch.
     """
 
     def __init__(self, split: ResidentSplit, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
-                 mean: tuple, std: tuple, augment: Optional[AugmentConfig] = None, drop_last: bool = False):
-        self.split = split
+                 mean: tuple, std: tuple, augment: Optional[AugmentConfig] = None, drop_last: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
+        self.split, self.shard = split, tuple(shard)
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.epoch, self.drop_last = bool(shuffle), int(seed), int(epoch), bool(drop_last)
         dev = split.device
@@ -115,9 +117,14 @@ class ResidentLoader:
         order = order.to(self.split.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            lo, hi = shard_bounds(len(idx), self.shard)
+            draws = draw_crop_flip(len(idx), self.pad, self.hflip, g) if self.pad or self.hflip > 0 else None
+            if hi == lo:
+                continue
+            idx = idx[lo:hi]
             x = self.split.images[idx]
-            if self.pad or self.hflip > 0:
-                offsets, flips = draw_crop_flip(len(idx), self.pad, self.hflip, g)
+            if draws is not None:
+                offsets, flips = draws[0][lo:hi], draws[1][lo:hi]
                 x = crop_flip(x, self.pad, offsets.to(x.device), flips.to(x.device))
             x = (x.float().div_(255.0) - self.mean) / self.std
             if self.erase is not None:

@@ -19,7 +19,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted sweep of this name "
                                                          "(Tuner.restore): finished trials are not run again")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved space and the number "
-                                                          "of trials, start nothing")
+                                                          "of trials, start nothing (with --address: also check "
+                                                          "that the cluster can place one trial)")
     p.add_argument("--smoke-test", action="store_true", help="the same sweep with a tiny budget on this machine: "
                                                              "a few trials, 2 epochs of at most 3 steps, small data")
     p.add_argument("--tracking-uri", metavar="URI", help="override mlflow.tracking_uri of the spec")
@@ -51,6 +52,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     for n in notes:
         print(f"smoke test: {n}")
     if args.dry_run:
+        if args.address:
+            from .placement import check_placement, cluster_nodes
+
+            nodes = cluster_nodes(args.address)
+            check_placement(spec, nodes, f"the cluster at {args.address}")
+            print(f"cluster {args.address}: {len(nodes)} live node(s) can place a trial of "
+                  f"{spec.describe_resources()}")
         return 0
     from .runner import run_sweep
 

@@ -6,8 +6,9 @@
 1. data: every data source the space can reach is opened cheaply (counts from indexes, headers and
    label lists, never the images: :func:`echos_core.data.count_images`), and the trainer's batch rules
    (:func:`echos_core.trainer.check_batch_size`) are applied to each configuration that reaches it;
-2. resources: a trial's ``resources.cpus`` / ``resources.gpus`` must fit this machine (a cluster named
-   by ``--address`` is checked when the driver joins it, still before any MLflow run exists);
+2. resources: a trial's ``resources.cpus`` / ``resources.gpus`` (times ``resources.workers``) must fit this
+   machine (a cluster named by ``--address`` is checked when the driver joins it, and by ``--dry-run``,
+   still before any MLflow run exists: :mod:`.placement`);
 3. tracking: an MLflow server must answer within :data:`TRACKING_TIMEOUT_S`; a SQLite or folder store
    must be writable (:func:`check_tracking`, also used by ``echos train`` and ``echos report``);
 4. storage: ``ray.storage_path`` must be writable (local folders; bucket URIs are left to Ray).
@@ -91,17 +92,27 @@ def check_resources(spec: SweepSpec, address: Optional[str]) -> None:
     if address:
         return
     cpus = spec.num_cpus or os.cpu_count() or 1
+    where = f"ray.num_cpus is {cpus}" if spec.num_cpus else f"this machine has {cpus} CPUs"
+    if spec.workers > 1:  # every worker and the trial's own process on this one node
+        from .placement import check_placement
+
+        check_placement(spec, [{"CPU": cpus, "GPU": _local_gpus() if spec.gpus else 0}],
+                        f"the local Ray instance ({where})")
+        return
     if spec.cpus > cpus:
-        where = f"ray.num_cpus is {cpus}" if spec.num_cpus else f"this machine has {cpus} CPUs"
         raise SpecError("resources.cpus", spec.cpus, f"must be <= the CPUs of the local Ray instance ({where}); "
                                                      "a trial could never start")
     if spec.gpus > 0:
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        n = _local_gpus()
         if spec.gpus > n:
             raise SpecError("resources.gpus", spec.gpus, f"this machine has {n} CUDA GPU(s); a trial could never "
                                                          "start (run on a GPU machine or a cluster with --address)")
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # --------------------------------------------------------------------------- tracking and storage

@@ -2,7 +2,7 @@
 
 Composition (all of it Ray Tune's and Optuna's own machinery)::
 
-    Tuner(with_resources(with_parameters(run_trial, ctx), {cpu, gpu}),
+    Tuner(trial_trainable(spec, ctx),   # run_trial with {cpu, gpu}, or Ray Train workers (sweep/ddp.py)
           TuneConfig(search_alg, scheduler, metric, mode, num_samples),
           RunConfig(storage_path, name=<sweep id>, FailureConfig, CheckpointConfig,
                     callbacks=[MlflowTrialStatus], progress_reporter=CLIReporter))
@@ -43,9 +43,10 @@ from ..tracking import ROLE_SWEEP, TAG_ROLE, TAG_STATUS, TAG_STORAGE, TAG_SWEEP,
 from ..config import flatten
 from ..validation import short_repr
 from .spec import SpecError, SweepSpec
+from .ddp import trial_trainable
 from .parent import finish_parent
 from .summary import summarise, where_lines
-from .trainable import TrialContext, run_trial, trial_dirname
+from .trainable import TrialContext, trial_dirname
 
 __all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
 
@@ -192,10 +193,31 @@ def _reporter(spec: SweepSpec, exp_path: str):
 # --------------------------------------------------------------------------- running
 
 
+def _state_api(spec: SweepSpec, address: Optional[str]) -> tuple[dict, dict]:
+    """(ray.init arguments, worker env) that give a data-parallel sweep Ray's state API.
+
+    When Tune ends a data-parallel trial abruptly (ASHA stops it, its process dies), Ray Train's
+    ``PlacementGroupCleaner`` frees the trial's worker placement group once it sees, through the state
+    API, that the trial's controller is dead; without the API the workers' CPUs and GPUs stay held
+    and the next trial waits for ever.  The API is served by the dashboard (``ray[default]``), found
+    by every worker through ``RAY_API_SERVER_ADDRESS`` (a local instance) or ``RAY_ADDRESS`` (a
+    cluster): auto-detection fails when one machine runs several Ray instances."""
+    if spec.workers == 1:
+        return ({} if address else {"include_dashboard": False}), {}
+    if address:
+        return {}, {"RAY_ADDRESS": address}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ({"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port},
+            {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"})
+
+
 def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
     import ray
 
-    runtime_env = {"env_vars": dict(_WORKER_ENV)}
+    init_args, env = _state_api(spec, address)
+    runtime_env = {"env_vars": {**_WORKER_ENV, **env}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
@@ -214,8 +236,8 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
                 # and on a small machine they take the CPU the start-up needs.
                 os.environ.setdefault("RAY_enable_worker_prestart", "0")
                 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                         object_store_memory=256 * 1024**2, runtime_env=runtime_env, log_to_driver=True)
+                ray.init(address="local", num_cpus=num_cpus, object_store_memory=256 * 1024**2,
+                         runtime_env=runtime_env, log_to_driver=True, **init_args)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     res = ray.cluster_resources()
@@ -225,17 +247,13 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
 
 
 def _check_fits(spec: SweepSpec, address: Optional[str]) -> None:
-    """A trial that no node can hold would wait forever: say so now (exit status 2)."""
+    """A trial that the cluster cannot place would wait forever: say so now (exit status 2)."""
     import ray
 
+    from .placement import check_placement
+
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    where = f"the cluster at {address}" if address else "this machine's Ray instance"
-    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    if spec.cpus > cpus:
-        raise SpecError("resources.cpus", spec.cpus, f"no node of {where} has that many CPUs (largest: {cpus:g})")
-    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-    if spec.gpus > gpus:
-        raise SpecError("resources.gpus", spec.gpus, f"no node of {where} has that many GPUs (largest: {gpus:g})")
+    check_placement(spec, nodes, f"the cluster at {address}" if address else "this machine's Ray instance")
 
 
 def _max_concurrent(spec: SweepSpec) -> int:
@@ -244,9 +262,9 @@ def _max_concurrent(spec: SweepSpec) -> int:
     if spec.max_concurrent:
         return spec.max_concurrent
     res = ray.cluster_resources()
-    fit = res.get("CPU", 1) / spec.cpus
+    fit = res.get("CPU", 1) / spec.trial_cpus
     if spec.gpus:
-        fit = min(fit, res.get("GPU", 0) / spec.gpus)
+        fit = min(fit, res.get("GPU", 0) / spec.trial_gpus)
     return max(1, int(fit))
 
 
@@ -262,6 +280,8 @@ def _parent_params(spec: SweepSpec) -> dict:
         "mode": spec.mode,
         "resources.cpus": spec.cpus,
         "resources.gpus": spec.gpus,
+        "resources.workers": spec.workers,
+        "resources.placement": spec.placement,
     }
     for p in spec.params:
         d[f"space.{p.key}"] = p.describe()
@@ -405,7 +425,7 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
     exp_path = f"{storage}/{sweep_id}"
     ctx = TrialContext(spec=spec, sweep_id=sweep_id, tracking_uri=tracking_uri, parent_run_id=parent.run_id,
                        storage=storage)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": spec.cpus, "gpu": spec.gpus})
+    trainable = trial_trainable(spec, ctx)  # one process per trial, or Ray Train's workers (.ddp)
     if resume:
         if not tune.Tuner.can_restore(exp_path):
             raise SpecError("--resume", sweep_id, f"{exp_path} holds no Ray Tune state to restore (the sweep "
@@ -426,7 +446,9 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
                 scheduler=_scheduler(spec), num_samples=spec.n_trials if spec.search.algorithm != "grid" else 1,
                 max_concurrent_trials=_max_concurrent(spec) if spec.search.algorithm == "grid" else None,
                 trial_dirname_creator=_trial_dirname,
-                reuse_actors=True),  # one worker process per slot: torch & co. import once, not per trial
+                # one worker process per slot: torch & co. import once, not per trial (a data-parallel
+                # trial's process only waits on Ray Train: a fresh one per trial, as Ray requires)
+                reuse_actors=spec.workers == 1),
             run_config=tune.RunConfig(
                 name=sweep_id, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -512,9 +534,7 @@ def _driver_lock(storage: str, sweep_id: str):
     folder = Path(storage) / sweep_id
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".echos-driver.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(f, fcntl) and not (_held_by_a_watchdog(f) and _lock(f, fcntl, wait=_WATCHDOG_WAIT_S)):
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise SpecError("--resume", sweep_id, f"is being run by another driver ({holder}) on {storage}; "
@@ -527,6 +547,40 @@ def _driver_lock(storage: str, sweep_id: str):
             yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_WATCHDOG_WAIT_S = 60.0  # a killed driver's watchdog ends its Ray processes and runs in about 10 s
+
+
+def _lock(f, fcntl, wait: float = 0.0) -> bool:
+    """Take the exclusive lock on ``f``, trying for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
+def _held_by_a_watchdog(f) -> bool:
+    """Whether the lock's holder is the watchdog of a driver that died (it inherits the lock, and says so
+    in the file once it sees the driver gone; until then the file names the dead driver's pid)."""
+    f.seek(0)
+    holder = f.read().strip()
+    if holder.startswith("the watchdog"):
+        return True
+    parts = holder.split()  # "pid N on HOST"
+    if len(parts) == 4 and parts[0] == "pid" and parts[2] == "on" and parts[3] == socket.gethostname():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, ValueError):
+            return False
+    return False
 
 
 def _start_watchdog(lock, tracking_uri: str, experiment: str, sweep_id: str):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 from ..config import ConfigError, apply_overrides, config_from_dict
-from .spec import SpecError, SweepSpec, base_value, possible_values
+from .spec import DRIVER_CPUS, SpecError, SweepSpec, base_value, possible_values
 
 __all__ = ["smoke_spec"]
 
@@ -63,7 +64,9 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
             notes.append(f"resources.gpus {s.gpus:g} -> 0 (no GPU here)")
         s.gpus = 0.0
     local_cpus = os.cpu_count() or 1
-    if s.cpus > local_cpus:
+    if s.workers > 1:
+        _smoke_workers(s, local_cpus, notes)
+    elif s.cpus > local_cpus:
         notes.append(f"resources.cpus {s.cpus:g} -> {local_cpus} (the cores of this machine)")
         s.cpus = float(local_cpus)
     name = base_value(s.base, "data.name")
@@ -99,3 +102,13 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
     except ConfigError as e:
         raise SpecError(f"smoke_test.{e.field}", e.value, e.rule) from None
     return s, notes
+
+
+def _smoke_workers(s, local_cpus: int, notes: list[str]) -> None:
+    """A data-parallel trial shrunk to this machine: at most 2 workers on one node, within its cores."""
+    workers = min(s.workers, 2)
+    cpus = min(s.cpus, math.floor((local_cpus - DRIVER_CPUS) / workers * 100) / 100)
+    if (workers, cpus, s.placement) != (s.workers, s.cpus, "PACK"):
+        notes.append(f"resources {s.describe_resources()} -> {workers} workers x {cpus:g} CPU, placement PACK "
+                     "(this machine)")
+    s.workers, s.cpus, s.placement = workers, cpus, "PACK"

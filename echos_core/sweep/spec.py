@@ -48,6 +48,8 @@ __all__ = [
     "SCHEDULERS",
     "PARAM_TYPES",
     "METRICS",
+    "PLACEMENTS",
+    "DRIVER_CPUS",
 ]
 
 SEARCH_ALGORITHMS = ("optuna", "random", "grid")
@@ -55,6 +57,11 @@ SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 # What the trainer reports every epoch and a sweep can optimise.
 METRICS = ("val_top1", "val_top5", "val_loss", "train_loss")
+# resources.placement: Ray's placement-group strategies for a trial's data-parallel workers.
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# A data-parallel trial's own process (it only starts Ray Train and waits) asks for this much CPU;
+# Ray needs a request above 0 for a Tune trial (echos_core.sweep.ddp).
+DRIVER_CPUS = 0.01
 # Keys the sweep sets itself: a trial's seed comes from `seeds`, its folder and MLflow run from Ray.
 RESERVED_KEYS = ("seed", "output_dir", "run_name", "mlflow.tracking_uri", "mlflow.experiment")
 # An int range with at most this many values is validated at every value, not only its ends.
@@ -201,8 +208,10 @@ class SweepSpec:
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     metric: str = "val_top1"
     mode: str = "max"
-    cpus: float = 1.0  # per trial
-    gpus: float = 0.0  # per trial, fractions allowed
+    cpus: float = 1.0  # per trial (per worker when workers > 1)
+    gpus: float = 0.0  # per trial (per worker when workers > 1), fractions allowed for one worker
+    workers: int = 1  # data-parallel processes per trial (Ray Train); 1 = the trial trains itself
+    placement: str = "PACK"  # how Ray places a trial's workers on nodes (PLACEMENTS)
     seeds: list[int] = field(default_factory=lambda: [0])
     tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     experiment: str = ""  # default: name
@@ -224,6 +233,20 @@ class SweepSpec:
     @property
     def n_trials(self) -> int:
         return self.n_configs * len(self.seeds)
+
+    @property
+    def trial_cpus(self) -> float:
+        """CPUs one trial holds in all: its workers' and, when data-parallel, its own small share."""
+        return self.cpus if self.workers == 1 else self.workers * self.cpus + DRIVER_CPUS
+
+    @property
+    def trial_gpus(self) -> float:
+        return self.gpus * self.workers
+
+    def describe_resources(self) -> str:
+        """``2 CPU, 0 GPU`` or ``8 workers x (12 CPU, 1 GPU), placement PACK``."""
+        one = f"{self.cpus:g} CPU, {self.gpus:g} GPU"
+        return one if self.workers == 1 else f"{self.workers} workers x ({one}), placement {self.placement}"
 
     def param(self, key: str) -> Param:
         return next(p for p in self.params if p.key == key)
@@ -383,7 +406,7 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
 
     # ---- resources
     res = _mapping(data.get("resources"), "resources")
-    _only_keys(res, ("cpus", "gpus"), "resources")
+    _only_keys(res, ("cpus", "gpus", "workers", "placement"), "resources")
     cpus = _num(res, "cpus", "resources.cpus", 1)
     if cpus <= 0:
         raise SpecError("resources.cpus", cpus, "must be > 0")
@@ -392,6 +415,11 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
         raise SpecError("resources.gpus", gpus, "must be >= 0 (fractions such as 0.5 share a GPU)")
     if gpus > 1 and gpus != int(gpus):
         raise SpecError("resources.gpus", gpus, "must be a whole number when above 1")
+    workers = _int(res, "workers", "resources.workers", 1, lo=1)
+    placement = _str(res, "placement", "resources.placement", "PACK", PLACEMENTS)
+    if workers > 1 and 0 < gpus < 1:
+        raise SpecError("resources.gpus", gpus, "must be a whole number with workers > 1 "
+                                                "(each data-parallel worker needs GPUs of its own)")
 
     # ---- scheduler
     scheduler = _parse_scheduler(data.get("scheduler", "none"))
@@ -417,7 +445,8 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
 
     spec = SweepSpec(name=name, base=base, params=params, description=description.strip(), search=search,
                      num_samples=num_samples, max_concurrent=max_concurrent, scheduler=scheduler,
-                     metric=metric, mode=mode, cpus=cpus, gpus=gpus, seeds=list(seeds),
+                     metric=metric, mode=mode, cpus=cpus, gpus=gpus, workers=workers, placement=placement,
+                     seeds=list(seeds),
                      tracking_uri=tracking_uri, experiment=experiment, storage_path=storage_path,
                      max_failures=max_failures, keep_checkpoints=keep_checkpoints, num_cpus=num_cpus,
                      smoke_test=dict(smoke))
@@ -654,6 +683,8 @@ def _check_cross_rules(spec: SweepSpec) -> None:
                                                 "a trial without a GPU cannot use one")
     if spec.gpus > 0 and device == "cpu":
         raise SpecError("resources.gpus", spec.gpus, "is > 0 but base train.device is 'cpu': the GPU would sit idle")
+    if spec.workers > 1:
+        _check_data_parallel(spec, device)
     sch = spec.scheduler
     if sch.type == "asha":
         epochs = possible_values(spec, "train.epochs")
@@ -669,6 +700,17 @@ def _check_cross_rules(spec: SweepSpec) -> None:
             raise SpecError("scheduler.grace_period", sch.grace_period, f"must be <= scheduler.max_t ({sch.max_t})")
         if spec.n_trials < 2:
             raise SpecError("scheduler.type", "asha", "needs at least 2 trials to compare; use scheduler none")
+
+
+def _check_data_parallel(spec: SweepSpec, device: str) -> None:
+    """workers > 1: every global batch splits evenly over the workers; each worker picks its own device."""
+    if re.fullmatch(r"cuda:\d+", device):
+        raise SpecError("base.train.device", device, f"must be 'cuda' (or auto) with resources.workers "
+                                                     f"{spec.workers}: Ray gives each worker its own GPU")
+    for bs in possible_values(spec, "train.batch_size"):
+        if is_int(bs) and int(bs) % spec.workers:
+            raise SpecError("train.batch_size", bs, f"must be a multiple of resources.workers ({spec.workers}): "
+                                                    "the global batch is split evenly over the workers")
 
 
 def _check_points(spec: SweepSpec) -> None:

@@ -163,6 +163,12 @@ class MlflowTrialStatus(Callback):
                 dropped.append(run.info.run_id)
         return dropped
 
+    def _last_logged_epoch(self, run_id: str) -> Optional[int]:
+        from ..tracking import mlflow_client
+
+        history = mlflow_client(self.tracking_uri).get_metric_history(run_id, "val_loss")
+        return max((m.step for m in history), default=None)
+
     def mark(self, trial_id: str, last_result: Optional[dict], errored: bool) -> Optional[str]:
         """Tag the trial's MLflow run with how it ended; returns the status, or None if it has no run."""
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
@@ -177,12 +183,18 @@ class MlflowTrialStatus(Callback):
             if not found:
                 return None
             run_id = found[0].info.run_id
+        decided_at = last.get("epoch")
+        held = self._last_logged_epoch(run_id)
+        if held is not None and (decided_at is None or held > int(decided_at)):
+            last["epoch"] = held  # a data-parallel trial's workers run ahead of Tune: the run holds more
         status, stopped, mlflow_status = trial_outcome(last, errored)
         tags = {TAG_STATUS: status, TAG_ASHA_STOPPED: "true" if stopped else "false"}
         if last.get("epoch") is not None:
             tags[TAG_LAST_EPOCH] = int(last["epoch"])
         if stopped:  # shown as the run's description in the UI
             tags[MLFLOW_RUN_NOTE] = (f"Stopped early by the scheduler (ASHA) after epoch {last.get('epoch')} "
-                                     f"of {last.get('max_epochs')}.")
+                                     f"of {last.get('max_epochs')}" + (
+                                         f" (decided on epoch {decided_at}'s result; the trial's data-parallel "
+                                         "workers had gone on meanwhile)." if last["epoch"] != decided_at else "."))
         end_run(self.tracking_uri, run_id, mlflow_status, tags)
         return status

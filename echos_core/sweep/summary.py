@@ -34,7 +34,7 @@ def describe_spec(spec: SweepSpec, tracking_uri: str, storage: str, n_checked: O
         f"scheduler: {spec.scheduler.describe()}",
         f"objective: {spec.mode} {spec.metric}",
         f"seeds: {spec.seeds} (each configuration runs once per seed; one MLflow run per trial)",
-        f"resources per trial: {spec.cpus:g} CPU, {spec.gpus:g} GPU; max concurrent: "
+        f"resources per trial: {spec.describe_resources()}; max concurrent: "
         f"{spec.max_concurrent or 'as many as fit'}",
         f"mlflow: {tracking_uri} experiment {spec.experiment!r}",
         f"ray storage: {storage}",
@@ -87,7 +87,8 @@ def summarise(spec: SweepSpec, results, wall: float, sweep_id: str, out: TextIO)
         sign = 1 if spec.mode == "max" else -1
         best = max(ok, key=lambda r: sign * r["metrics"][spec.metric])
         res, m = best["result"], best["metrics"]
-        ckpt = res.checkpoint.path if res.checkpoint is not None else "(none)"
+        # a data-parallel trial's checkpoints are its Ray Train run's (TuneReportCallback names them)
+        ckpt = res.checkpoint.path if res.checkpoint is not None else res.metrics.get("checkpoint_path", "(none)")
         p(f"best trial {m.get('trial_id')}: {spec.metric} {m[spec.metric]:.4g} at epoch {m.get('epoch')}"
           f"/{m.get('max_epochs')}{' (stopped early)' if best['stopped'] else ''}, seed {m.get('seed')}, "
           f"config {_label(best['config'])}")

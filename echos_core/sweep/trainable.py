@@ -19,6 +19,10 @@ One call of :func:`run_trial` is one (configuration, seed) trial:
 How a trial *ended* (finished, stopped by ASHA, failed) is marked on its MLflow run by the
 driver (:class:`echos_core.sweep.runner.MlflowTrialStatus`), since a stopped trial's
 process is simply ended.
+
+This is a trial of one process (``resources.workers: 1``); a data-parallel trial
+(:mod:`echos_core.sweep.ddp`) shares its config (:func:`trial_config`), its MLflow run
+(:func:`open_trial_run`) and its epoch logging (:func:`log_epoch_once`).
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from typing import Optional
 import yaml
 
 from ..tracking import (TAG_ASHA_STOPPED, TAG_ERROR, TAG_NODE_HOST, TAG_NODE_ID, TAG_SEED, TAG_STATUS, TAG_SWEEP,
-                        TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, environment_tags)
+                        TAG_SWEEP_ID, TAG_TRIAL_ID, TAG_TRIAL_NAME, TAG_WORLD_SIZE, environment_tags)
 from .spec import SweepSpec
 
 __all__ = ["TrialContext", "run_trial", "trial_seed", "sampled_values", "trial_outcome", "trial_run_name",
-           "log_mosaics", "TRIAL_STATE_FILE", "REPORT_KEYS", "trial_dirname", "newest_checkpoint"]
+           "log_mosaics", "TRIAL_STATE_FILE", "REPORT_KEYS", "trial_dirname", "newest_checkpoint", "trial_config",
+           "open_trial_run", "log_epoch_once", "mark_failed"]
 
 TRIAL_STATE_FILE = "echos_trial.json"  # written into every reported checkpoint folder
 # Keys each report adds to the trainer's metrics (besides them).
@@ -170,27 +175,95 @@ def _reattach(run, run_id: Optional[str]) -> set[str]:
     return {name for name in _TRIAL_ARTIFACTS if name not in have}
 
 
+def trial_config(config: dict, spec: SweepSpec) -> dict:
+    """The nested trainer config of a trial: the spec's, ``train.threads`` = the CPUs Ray gives one worker."""
+    cfg_dict = spec.config_dict(sampled_values(config), trial_seed(config, spec))
+    train_section = cfg_dict.setdefault("train", {})
+    if train_section.get("threads") is None:  # use the CPUs Ray gave the trial, no more
+        train_section["threads"] = max(1, int(spec.cpus))
+    return cfg_dict
+
+
+def open_trial_run(ctx: TrialContext, cfg, config: dict, run_id: Optional[str] = None,
+                   tags: Optional[dict] = None) -> tuple:
+    """The trial's one MLflow run (``run_id``, else the run tagged with this sweep and trial, else a new one
+    nested under the sweep's run, its config logged) and the trainer's artifacts that run still lacks."""
+    import ray
+    from ray import tune
+
+    from ..config import config_to_dict
+    from ..runinfo import environment
+    from ..tracking import MlflowRun, find_runs
+
+    spec = ctx.spec
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    if run_id is None:
+        found = find_runs(ctx.tracking_uri, spec.experiment,
+                          {TAG_SWEEP_ID: ctx.sweep_id, TAG_TRIAL_ID: trial_id})
+        run_id = found[0].info.run_id if found else None
+    all_tags = environment_tags(environment())
+    all_tags.update({
+        TAG_SWEEP: spec.name,
+        TAG_SWEEP_ID: ctx.sweep_id,
+        TAG_TRIAL_ID: trial_id,
+        TAG_TRIAL_NAME: tctx.get_trial_name(),
+        TAG_SEED: cfg.seed,
+        TAG_STATUS: "running",
+        TAG_ASHA_STOPPED: "false",
+        TAG_NODE_ID: ray.get_runtime_context().get_node_id(),
+        TAG_NODE_HOST: socket.gethostname(),
+        **(tags or {}),
+    })
+    params = config_to_dict(cfg)
+    arms = {p.key: config[p.key] for p in spec.params if p.is_arm and p.key in config}
+    if arms:  # the arm label as a param too, to group runs by it in MLflow's compare view
+        params["arm"] = arms
+    run = MlflowRun(ctx.tracking_uri, spec.experiment, trial_run_name(cfg, spec, config, trial_id), params,
+                    all_tags, parent_run_id=ctx.parent_run_id, run_id=run_id)
+    missing = _reattach(run, run_id)
+    if "config.yaml" in missing:
+        trial_dir = Path(tctx.get_trial_dir())
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        run.log_artifact(trial_dir / "config.yaml")
+        missing.discard("config.yaml")
+    return run, missing
+
+
+def log_epoch_once(run, logged: set[int], missing: set[str], metrics: dict, run_dir: Path) -> None:
+    """An epoch's metrics and mosaics unless ``logged`` has it (a resumed trial repeats no epoch in MLflow),
+    and the ``missing`` artifacts the trainer has written by now."""
+    epoch = int(metrics["epoch"])
+    if epoch not in logged:
+        run.log_epoch(metrics)
+        logged.add(epoch)
+        log_mosaics(run, run_dir, first=epoch == 1)
+    for name in sorted(missing):  # written by the trainer before its first epoch
+        if (run_dir / name).is_file():
+            run.log_artifact(run_dir / name)
+            missing.discard(name)
+
+
+def mark_failed(run, e: BaseException) -> None:
+    run.set_tags({TAG_STATUS: "error", TAG_ERROR: " ".join(f"{type(e).__name__}: {e}".split())[:500]})
+    run.end("FAILED")
+
+
 def run_trial(config: dict, ctx: TrialContext) -> None:
     import ray
     from ray import tune
 
-    from ..config import config_from_dict, config_to_dict
-    from ..runinfo import environment
-    from ..tracking import MlflowRun, find_runs
+    from ..config import config_from_dict
     from ..trainer import train
 
     # One "Checkpoint successfully created" line per trial and epoch drowns Ray's table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    spec = ctx.spec
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
     trial_dir = Path(tctx.get_trial_dir())
-    seed = trial_seed(config, spec)
-    cfg_dict = spec.config_dict(sampled_values(config), seed)
-    train_section = cfg_dict.setdefault("train", {})
-    if train_section.get("threads") is None:  # use the CPUs Ray gave the trial, no more
-        train_section["threads"] = max(1, int(spec.cpus))
-    cfg = config_from_dict(cfg_dict)
+    seed = trial_seed(config, ctx.spec)
+    cfg = config_from_dict(trial_config(config, ctx.spec))
     run_dir = trial_dir / "run"
 
     # ---- resume from Ray's checkpoint, if any
@@ -205,63 +278,26 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             state = json.loads((restored / TRIAL_STATE_FILE).read_text())
 
     # ---- the trial's one MLflow run
-    run_id = state.get("mlflow_run_id")
-    if run_id is None:
-        found = find_runs(ctx.tracking_uri, spec.experiment,
-                          {TAG_SWEEP_ID: ctx.sweep_id, TAG_TRIAL_ID: trial_id})
-        run_id = found[0].info.run_id if found else None
     node_id = ray.get_runtime_context().get_node_id()
-    tags = environment_tags(environment())
-    tags.update({
-        TAG_SWEEP: spec.name,
-        TAG_SWEEP_ID: ctx.sweep_id,
-        TAG_TRIAL_ID: trial_id,
-        TAG_TRIAL_NAME: tctx.get_trial_name(),
-        TAG_SEED: seed,
-        TAG_STATUS: "running",
-        TAG_ASHA_STOPPED: "false",
-        TAG_NODE_ID: node_id,
-        TAG_NODE_HOST: socket.gethostname(),
-    })
-    run_name = trial_run_name(cfg, spec, config, trial_id)
-    params = config_to_dict(cfg)
-    arms = {p.key: config[p.key] for p in spec.params if p.is_arm and p.key in config}
-    if arms:  # the arm label as a param too, to group runs by it in MLflow's compare view
-        params["arm"] = arms
-    run = MlflowRun(ctx.tracking_uri, spec.experiment, run_name, params, tags,
-                    parent_run_id=ctx.parent_run_id, run_id=run_id)
+    run, missing = open_trial_run(ctx, cfg, config, run_id=state.get("mlflow_run_id"), tags={TAG_WORLD_SIZE: 1})
     logged = run.logged_steps()
-    missing = _reattach(run, run_id)
-    if "config.yaml" in missing:
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        run.log_artifact(trial_dir / "config.yaml")
-        missing.discard("config.yaml")
 
     extra = {"seed": seed, "max_epochs": cfg.train.epochs, "mlflow_run_id": run.run_id, "node_id": node_id}
 
     def on_epoch(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
-        epoch = int(metrics["epoch"])
-        if epoch not in logged:
-            run.log_epoch(metrics)
-            log_mosaics(run, run_dir, first=epoch == 1)
-        for name in sorted(missing):  # written by the trainer before its first epoch
-            if (run_dir / name).is_file():
-                run.log_artifact(run_dir / name)
-                missing.discard(name)
+        log_epoch_once(run, logged, missing, metrics, run_dir)
         result = {**metrics, **extra}
         if checkpoint_dir is None:
             tune.report(result)
             return
         (Path(checkpoint_dir) / TRIAL_STATE_FILE).write_text(json.dumps(
-            {"mlflow_run_id": run.run_id, "trial_id": trial_id, "sweep_id": ctx.sweep_id, "epoch": epoch}))
+            {"mlflow_run_id": run.run_id, "trial_id": trial_id, "sweep_id": ctx.sweep_id, "epoch": int(metrics["epoch"])}))
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     try:
         train(cfg, run_dir=run_dir, callback=on_epoch, resume_from=resume_from)
     except Exception as e:  # a failure (FailureConfig may retry it; the run is reattached then)
-        run.set_tags({TAG_STATUS: "error", TAG_ERROR: " ".join(f"{type(e).__name__}: {e}".split())[:500]})
-        run.end("FAILED")
+        mark_failed(run, e)
         raise
     # (Ray ends a trial the scheduler stopped by raising SystemExit in its report call: not a
     # failure, and the driver marks how the trial ended.)

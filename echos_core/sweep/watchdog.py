@@ -14,7 +14,7 @@ OOM killer), the watchdog
    runs as running for ever; ``--resume`` reopens them.
 
 It holds the driver's lock on the sweep folder (``LOCK_FD``, inherited; -1 for none) until it is done,
-so a ``--resume`` started meanwhile is refused in one line instead of racing it.  Only the standard
+so a ``--resume`` started meanwhile waits for it (up to a minute) instead of racing it.  Only the standard
 library is imported until step 2.
 """
 

@@ -1,0 +1,132 @@
+"""Data-parallel trials: Ray Train's ``TorchTrainer`` launched from a Ray Tune trial (``resources.workers > 1``).
+
+The pattern of Ray's "Hyperparameter Tuning with Ray Tune" guide for Train V2:
+
+* the Tune trial (:func:`run_ddp_trial`) asks for ``DRIVER_CPUS`` only: it opens the trial's
+  MLflow run, starts a ``TorchTrainer`` with ``ScalingConfig(num_workers, resources_per_worker,
+  placement_strategy, use_gpu)`` and waits; Ray Train starts the workers, their process group
+  (gloo on CPUs, NCCL on GPUs) and restarts them from the last checkpoint when one fails
+  (``FailureConfig``);
+* every worker (:func:`_worker_loop`) runs :func:`echos_core.trainer.train` with a
+  :class:`echos_core.parallel.DataParallel` for its rank; rank 0 alone logs to MLflow (tags
+  ``echos.world_size`` and ``echos.nodes``) and hands its checkpoint to ``ray.train.report``;
+* ``TuneReportCallback`` passes rank 0's result of every epoch to Tune: ASHA and Optuna see
+  one result per epoch per trial, as for a single-process trial.
+
+The Train run of a trial is ``<storage>/<sweep id>/train/trial_<id>``.  A trial that Tune starts
+again (after a failure of its own process, or ``echos sweep --resume``) starts a ``TorchTrainer``
+with the same name and storage, which Ray Train restores from its latest checkpoint; the MLflow
+run is found again by its sweep and trial tags, and epochs it already holds are not logged again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..tracking import TAG_ASHA_STOPPED, TAG_NODES, TAG_STATUS, TAG_WORLD_SIZE
+from .spec import DRIVER_CPUS, SweepSpec
+from .trainable import (TrialContext, log_epoch_once, mark_failed, open_trial_run, trial_config, trial_dirname,
+                        trial_seed)
+
+__all__ = ["trial_trainable", "run_ddp_trial"]
+
+
+def trial_trainable(spec: SweepSpec, ctx: TrialContext):
+    """What Tune runs per trial: the trial trains itself (``workers: 1``) or drives a ``TorchTrainer``."""
+    from ray import tune
+
+    from .trainable import run_trial
+
+    if spec.workers == 1:
+        return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": spec.cpus, "gpu": spec.gpus})
+    return tune.with_resources(tune.with_parameters(run_ddp_trial, ctx=ctx),
+                               tune.PlacementGroupFactory([{"CPU": DRIVER_CPUS}]))
+
+
+def _scaling(spec: SweepSpec):
+    import ray.train
+
+    per_worker = {"CPU": spec.cpus, **({"GPU": spec.gpus} if spec.gpus else {})}
+    return ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpus > 0,
+                                   resources_per_worker=per_worker, placement_strategy=spec.placement)
+
+
+def run_ddp_trial(config: dict, ctx: TrialContext) -> None:
+    import ray
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..config import config_from_dict
+
+    spec = ctx.spec
+    trial_id = tune.get_context().get_trial_id()
+    cfg_dict = trial_config(config, spec)
+    cfg = config_from_dict(cfg_dict)
+    run, missing = open_trial_run(ctx, cfg, config, tags={TAG_WORLD_SIZE: spec.workers})
+    job = {"cfg": cfg_dict, "gpu": spec.gpus > 0, "tracking_uri": ctx.tracking_uri, "experiment": spec.experiment,
+           "run_id": run.run_id, "missing": sorted(missing),
+           "extra": {"seed": trial_seed(config, spec), "max_epochs": cfg.train.epochs, "mlflow_run_id": run.run_id,
+                     "node_id": ray.get_runtime_context().get_node_id()}}
+    trainer = TorchTrainer(
+        _worker_loop, train_loop_config=job, scaling_config=_scaling(spec),
+        run_config=ray.train.RunConfig(
+            name=trial_dirname(trial_id), storage_path=f"{ctx.storage}/{ctx.sweep_id}/train",
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+            callbacks=[TuneReportCallback()]))
+    try:
+        trainer.fit()
+    except Exception as e:  # Tune's FailureConfig may start the trial again; it finds this run then
+        mark_failed(run, e)
+        raise
+    run.set_tags({TAG_STATUS: "finished", TAG_ASHA_STOPPED: "false"})
+    run.end("FINISHED")
+
+
+def _worker_loop(job: dict) -> None:
+    """One data-parallel worker: the echos trainer for this rank, rank 0 logging and checkpointing."""
+    import ray
+    import ray.train
+    import torch
+
+    from ..config import config_from_dict
+    from ..parallel import DataParallel
+    from ..tracking import MlflowRun
+    from ..trainer import train
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Reporting training result" per rank and epoch
+    tc = ray.train.get_context()
+    rank, world = tc.get_world_rank(), tc.get_world_size()
+    if job["gpu"]:
+        from ray.train.torch import get_device
+
+        job["cfg"]["train"]["device"] = str(get_device())
+    cfg = config_from_dict(job["cfg"])
+    parallel = DataParallel(rank, world, torch.device(cfg.train.device) if job["gpu"] else None)
+    nodes = parallel.gather(ray.get_runtime_context().get_node_id())
+    work = Path(tempfile.mkdtemp(prefix=f"echos-rank{rank}-"))
+    run, logged, missing = None, set(), set(job["missing"])
+    if parallel.is_main:
+        run = MlflowRun(job["tracking_uri"], job["experiment"], None, {}, run_id=job["run_id"])
+        run.set_tags({TAG_WORLD_SIZE: world, TAG_NODES: ",".join(nodes)})
+        logged = run.logged_steps()
+    resume_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # every rank restores the same (rank 0's) checkpoint
+        resume_from = Path(checkpoint.to_directory(str(work / "restored")))
+
+    def on_epoch(metrics: dict, checkpoint_dir) -> None:
+        if run is not None:
+            log_epoch_once(run, logged, missing, metrics, work / "run")
+        saved = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report({**metrics, **job["extra"]}, checkpoint=saved)
+
+    try:
+        train(cfg, run_dir=work / "run", callback=on_epoch, resume_from=resume_from, parallel=parallel)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
