@@ -324,3 +324,29 @@ def test_gpus_this_machine_lacks(world, capsys):
     for extra in (["--dry-run"], []):
         rc = main(["sweep", path, *extra])
         _assert_refused(rc, capsys.readouterr().err, "resources.gpus", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edits, field", [
+    ([("base.model.kernel_size", 3), ("base.init", {"scheme": "dog", "gamma_low": 0.9, "gamma_high": 0.95})], "base"),
+    ([("base.train.batch_size", 128)], "train.batch_size"),  # the data check, also in the child process
+])
+def test_sweep_command_refuses_from_its_checking_process(tmp_path, edits, field):
+    """`echos sweep` (a launch from a process without torch) checks the spec in a child process while it
+    imports Ray and MLflow: a refusal found there (a model that cannot take the init, a batch the data
+    cannot fill) is still the one line, exit 2, with no Ray, no MLflow store and no sweep folder."""
+    import os
+    import subprocess
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec(*edits)))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/never.db"}
+    probe = ("import sys, runpy; sys.argv = ['echos', 'sweep', 'spec.yaml']\n"
+             "try:\n    runpy.run_module('echos_core', run_name='__main__')\n"
+             "finally:\n    print('ray started' if 'ray' in sys.modules and sys.modules['ray'].is_initialized()"
+             " else 'no ray', 'torch in driver' if 'torch._C' in sys.modules else 'no torch in driver')")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("echos: error: ") and field in res.stderr
+    assert res.stdout.strip() == "no ray no torch in driver"
+    assert not (tmp_path / "never.db").exists() and not (tmp_path / "ray_results").exists()

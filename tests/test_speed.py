@@ -203,6 +203,55 @@ def test_per_sample_loader_keeps_workers_and_stays_a_function_of_seed_and_epoch(
     assert data.loader("train", 16, seed=1, epoch=1, num_workers=0) is data.loader("train", 16, seed=1, epoch=2)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_per_sample_loader_normalises_uint8_batches_on_the_device_as_before(tmp_path, workers):
+    """RandAugment, crop, flip, mixup/CutMix: the per-sample loader collates uint8 batches and normalises them
+    on the device; the images reaching the model (after mixup, whose draws come between batches) are those of
+    the per-sample normalising path, within float rounding, for every epoch and with or without workers."""
+    aug = {"hflip": 0.5, "crop_padding": 2, "randaugment": "rand-m9-mstd0.5", "mixup": 0.8, "cutmix": 1.0}
+    data = build_data(data_cfg(tmp_path, pipeline="loader", augment=aug))
+    reference = {"train": data.train, "val": data.val}
+
+    def seen(loader):
+        out = []
+        for x, y in loader:
+            if data.mixup_fn is not None and loader_split == "train":
+                x, y = data.mixup_fn(x, y)
+            out.append((x.clone(), y.clone()))
+        return out
+
+    for loader_split, epoch in (("train", 1), ("train", 2), ("val", 0)):
+        train = loader_split == "train"
+        new = seen(data.loader(loader_split, 16, seed=4, epoch=epoch, num_workers=workers))
+        assert new[0][0].dtype == torch.float32
+        old = seen(make_loader(reference[loader_split], 16, shuffle=train, seed=4, epoch=epoch, drop_last=train,
+                               num_workers=workers))
+        assert len(new) == len(old) > 1
+        for (xn, yn), (xo, yo) in zip(new, old):
+            assert torch.allclose(xn, xo, atol=1e-5, rtol=0) and torch.allclose(yn, yo)
+    assert data.loader("train", 16, seed=4, epoch=1).loader.collate_fn.__name__ == "fast_collate"
+
+
+def test_per_sample_loader_with_random_erasing_normalises_per_sample(tmp_path):
+    """Random erasing works on the normalised image, so with it on the batches are normalised per sample (as
+    before); evaluation has no erasing and takes the uint8 path."""
+    data = build_data(data_cfg(tmp_path, pipeline="loader", augment={"random_erasing": 0.5}))
+    assert data.train.uint8_view() is None and data.val.uint8_view() is not None
+    got = [x for x, _ in data.loader("train", 16, seed=2, epoch=1)]
+    ref = [x for x, _ in make_loader(data.train, 16, shuffle=True, seed=2, epoch=1, drop_last=True)]
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
+def test_per_sample_loader_resume_is_exact(cfg_dict, tmp_path):
+    aug = {"hflip": 0.5, "crop_padding": 2, "randaugment": "rand-m9-mstd0.5", "mixup": 0.8, "cutmix": 1.0}
+    cfg = run_cfg(cfg_dict, data={"pipeline": "loader", "augment": aug}, train={"epochs": 3, "keep_checkpoints": 3})
+    full = train(cfg, tmp_path / "full")
+    resumed = train(cfg, tmp_path / "resumed", resume_from=full.run_dir / "checkpoints" / "epoch_0001")
+    for a, b in zip(full.history[1:], resumed.history[1:]):
+        for key in ("train_loss", "val_loss", "val_top1", "lr"):
+            assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), key
+
+
 def test_bf16_autocast_runs_the_same_code_path_on_cpu(cfg_dict, tmp_path):
     """train.amp=bf16 with channels_last and the resident path, as on CUDA, here on the CPU."""
     runs = {}

@@ -194,6 +194,10 @@ def test_quick_smoke_sweep_optuna_asha_to_sqlite(tmp_path):
     assert "| Trial name" in out and "val_top1" in out  # Ray's progress table with our metric column
     assert "Result logdir:" not in out and f"Results: {tmp_path / 'ray'}/quick-smoke-" in out  # not Ray's temp folder
     assert not re.search(r"\d\.\d*(99999|00000)\d", out)  # no float noise (23.299999999999997) in the tables
+    trial_dirs = list((tmp_path / "ray").glob("quick-smoke-*/trial_*"))
+    assert len(trial_dirs) == 4 and all((d / "result.json").is_file() and (d / "progress.csv").is_file()
+                                        for d in trial_dirs)  # Tune's JSON and CSV result logs
+    assert not list((tmp_path / "ray").rglob("events.out.tfevents*"))  # not its TensorBoard logger (see runner)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store, in the working folder
     client, parents, trials = _runs(uri, "quick-smoke")

@@ -6,7 +6,8 @@ channels, the normalisation, the mixup/CutMix function (or None) and a one-line
 description.  ``bundle.loader("train" | "val", ...)`` gives one epoch's batches, a pure
 function of (seed, epoch), by the configured ``data.pipeline``: the resident path
 (:mod:`.resident`, the whole split on the device, augmentation batched there) or the
-per-sample loader (``make_loader``).
+per-sample loader (``make_loader``; for in-memory sets without random erasing, its batches are
+collated as uint8 and normalised on the device: ``device_normalised_loader``).
 
 The map:
 
@@ -37,7 +38,7 @@ from torch.utils.data import Dataset, Subset
 
 from .embedded import PHOTOS, load_embedded
 from .fashion_mnist import count_fashion_mnist, load_fashion_mnist
-from .loader import epoch_seed, make_loader
+from .loader import device_normalised_loader, epoch_seed, make_loader
 from .sources import (ArrayDataset, DataNotFound, count_cifar, count_imagefolder, imagefolder_dirs, load_cifar,
                       load_digits, load_fake)
 from .transforms import SMALL_MAX, imagefolder_transforms, mixup_fn, train_transform, val_transform
@@ -80,10 +81,16 @@ class DataBundle:
         train = split == "train"
         ds = self.train if train else self.val
         if self.pipeline != "resident":  # one loader per split: its workers live across epochs
-            key = (split, batch_size, seed, num_workers, tuple(shard))
+            key = (split, batch_size, seed, num_workers, tuple(shard), str(device))
             if key not in self._loaders:
-                self._loaders[key] = make_loader(ds, batch_size, shuffle=train, seed=seed, epoch=epoch,
-                                                 num_workers=num_workers, drop_last=train, shard=shard)
+                args = dict(shuffle=train, seed=seed, epoch=epoch, num_workers=num_workers, drop_last=train,
+                            shard=shard)
+                u8 = ds.uint8_view() if isinstance(ds, ArrayDataset) else None
+                # uint8 batches normalised on the device when nothing follows the normalisation (random
+                # erasing does: then, and for ImageFolder, normalised per sample as before)
+                self._loaders[key] = (make_loader(ds, batch_size, **args) if u8 is None else
+                                      device_normalised_loader(u8, batch_size, mean=self.mean, std=self.std,
+                                                               device=device, **args))
             return self._loaders[key].set_epoch(epoch)
         from .resident import ResidentLoader, ResidentSplit
 

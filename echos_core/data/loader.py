@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..seeding import seed_everything
 
-__all__ = ["epoch_seed", "epoch_order", "EpochLoader", "make_loader", "shard_bounds"]
+__all__ = ["epoch_seed", "epoch_order", "EpochLoader", "make_loader", "shard_bounds", "DeviceNormalise",
+           "device_normalised_loader"]
 
 _ORDER, _GLOBALS, _AUGMENT = 0, 1, 2  # independent streams derived from the same (seed, epoch)
 
@@ -129,9 +130,51 @@ class EpochLoader(DataLoader):
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
                 num_workers: int = 0, drop_last: bool = False, shard: tuple[int, int] = (0, 1),
-                pin_memory: Optional[bool] = None) -> EpochLoader:
+                pin_memory: Optional[bool] = None, collate_fn=None) -> EpochLoader:
     """A loader for one epoch (``set_epoch`` for the next): batches and augmentation are a pure
     function of (seed, epoch); with ``shard=(rank, world_size)``, rank's part of each batch."""
     return EpochLoader(dataset, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, num_workers=num_workers,
-                       drop_last=drop_last, shard=shard,
+                       drop_last=drop_last, shard=shard, collate_fn=collate_fn,
                        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
+
+
+def device_normalised_loader(dataset: Dataset, batch_size: int, *, mean: tuple, std: tuple, device,
+                             **kwargs) -> "DeviceNormalise":
+    """:func:`make_loader` over a dataset of uint8 images, collated as uint8 batches (timm's ``fast_collate``)
+    and normalised on ``device`` (:class:`DeviceNormalise`)."""
+    from timm.data.loader import fast_collate
+
+    loader = make_loader(dataset, batch_size, collate_fn=fast_collate, **kwargs)
+    return DeviceNormalise(loader, mean=mean, std=std, channels=len(mean), device=torch.device(device))
+
+
+class DeviceNormalise:
+    """timm's ``PrefetchLoader`` over an :class:`EpochLoader` of uint8 batches: each batch is moved to the
+    device, converted to float and normalised there (``(x - 255 mean) / (255 std)``), as timm's training
+    script does.  With worker processes it reads one batch ahead, as timm's does; when this process builds
+    the batches (``num_workers=0``) it does not, because building a batch seeds the global generators
+    (see above) and reading ahead would move the draws that training makes between batches (mixup,
+    dropout): the images reaching the model are then those of the per-sample normalising path, within
+    float rounding (tests/test_speed.py)."""
+
+    def __init__(self, loader: EpochLoader, **prefetch_args):
+        from timm.data.loader import PrefetchLoader
+
+        self.prefetch = PrefetchLoader(loader, **prefetch_args)
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> "DeviceNormalise":
+        self.loader.set_epoch(epoch)
+        return self
+
+    def __iter__(self):
+        if self.loader.num_workers > 0:
+            yield from self.prefetch
+            return
+        p = self.prefetch
+        for x, y in self.loader:
+            x = x.to(device=p.device, non_blocking=True).to(p.img_dtype).sub_(p.mean).div_(p.std)
+            yield x, y.to(device=p.device, non_blocking=True)

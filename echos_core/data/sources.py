@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 from typing import Callable, Optional
@@ -68,6 +69,15 @@ class ArrayDataset(torch.utils.data.Dataset):
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split: uint8 images ``(N, C, H, W)`` and int64 labels (what the resident path needs)."""
         return self.images.permute(0, 3, 1, 2), self.labels
+
+    def uint8_view(self) -> Optional["ArrayDataset"]:
+        """The same images through the transform's uint8 stage (``transform.to_uint8``: no normalisation), or
+        None when the transform has none or does more after normalising (random erasing)."""
+        if not getattr(self.transform, "uint8_ok", False):
+            return None
+        view = copy.copy(self)
+        view.transform = self.transform.to_uint8
+        return view
 
     def subset(self, indices) -> "ArrayDataset":
         idx = torch.as_tensor(indices, dtype=torch.int64)

@@ -59,15 +59,25 @@ def reflect_crop(img: torch.Tensor, pad: int, dy: int, dx: int) -> torch.Tensor:
 
 
 class ResizeNormalize:
-    """Deterministic: resize to ``size`` x ``size`` and normalise."""
+    """Deterministic: resize to ``size`` x ``size`` and normalise.
+
+    ``to_uint8`` is everything before the normalisation (uint8 out), for loaders that collate uint8
+    batches and normalise them on the device (:class:`echos_core.data.loader.DeviceNormalise`);
+    ``uint8_ok`` says whether nothing follows the normalisation here.
+    """
+
+    uint8_ok = True
 
     def __init__(self, size: int, mean: tuple, std: tuple):
         self.size = size
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
+    def to_uint8(self, img: torch.Tensor) -> torch.Tensor:
+        return _resize(img, self.size)
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        x = _resize(img, self.size).float().div_(255.0)
+        x = self.to_uint8(img).float().div_(255.0)
         return (x - self.mean) / self.std
 
     def __repr__(self) -> str:
@@ -93,7 +103,11 @@ class SmallTrainTransform(ResizeNormalize):
 
             self.erase = RandomErasing(aug.random_erasing, mode="pixel", device="cpu")
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    @property
+    def uint8_ok(self) -> bool:
+        return self.erase is None  # random erasing works on the normalised image, after to_uint8
+
+    def to_uint8(self, img: torch.Tensor) -> torch.Tensor:
         img = _resize(img, self.size)
         if self.pad:
             dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
@@ -104,7 +118,10 @@ class SmallTrainTransform(ResizeNormalize):
             from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
             img = pil_to_tensor(self.randaugment(to_pil_image(img)))
-        x = (img.float().div_(255.0) - self.mean) / self.std
+        return img
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        x = (self.to_uint8(img).float().div_(255.0) - self.mean) / self.std
         if self.erase is not None:
             x = self.erase(x)
         return x

@@ -30,26 +30,22 @@ def register(sub) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..tracking import resolve_tracking_uri
-    from .preflight import preflight
+    from .preflight import check_resources, check_storage, check_tracking
     from .runner import resolve_storage
-    from .smoke import smoke_spec
     from .spec import SpecError, load_spec
     from .summary import describe_spec
-    from .validate import check_trainer_configs
 
     if args.smoke_test and args.address:
         raise SpecError("--address", args.address, "--smoke-test runs on the local machine; leave out --address")
     spec = load_spec(args.spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path)
-    n_checked = check_trainer_configs(spec)  # the real spec, even when only its smoke test runs
-    notes: list[str] = []
-    if args.smoke_test:
-        import torch
-
-        spec, notes = smoke_spec(spec, cuda_available=torch.cuda.is_available())
-        n_checked = check_trainer_configs(spec)
+    # 1. trainer configs (models built), smoke budget, data: before anything starts, in the order of check_spec
+    spec, n_checked, checked, notes = _checked(spec, args)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     storage = resolve_storage(spec.storage_path)
-    checked = preflight(spec, tracking_uri, storage, args.address)  # data, resources, tracking, storage
+    # 2. the rest of the preflight (echos_core.sweep.preflight): resources, tracking, storage
+    check_resources(spec, args.address)
+    check_tracking(tracking_uri, "mlflow.tracking_uri", error=SpecError)
+    check_storage(storage)
     print(describe_spec(spec, tracking_uri, storage, n_checked), flush=True)
     for line in checked:
         print(f"preflight: {line}")
@@ -67,3 +63,44 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .runner import run_sweep
 
     return run_sweep(spec, address=args.address, resume=args.resume)
+
+
+def check_spec(spec, smoke_test: bool):
+    """The checks that build models and open data: the trainer configs of the space (of the real spec, even
+    when only its smoke test runs), the smoke budget, then the data (:func:`.preflight.check_data`).
+    Returns ``(spec as it runs, configs checked, one line per data source, smoke-test notes)``."""
+    from .preflight import check_data
+    from .smoke import smoke_spec
+    from .validate import check_trainer_configs
+
+    n_checked = check_trainer_configs(spec)
+    notes: list[str] = []
+    if smoke_test:
+        import torch
+
+        spec, notes = smoke_spec(spec, cuda_available=torch.cuda.is_available())
+        n_checked = check_trainer_configs(spec)
+    return spec, n_checked, check_data(spec), notes
+
+
+def _checked(spec, args: argparse.Namespace):
+    """:func:`check_spec`; for a launch from a process without torch (the ``echos`` command), in a child
+    process while this one imports what the driver needs (Ray Tune, MLflow): the driver itself never needs
+    torch and timm, and their import (about 5 s on one idle core, most of the checks' time) then overlaps
+    the driver's own.  A refusal comes back as the same one-line SpecError; nothing starts before it."""
+    import sys
+
+    if args.dry_run or "torch._C" in sys.modules:  # nothing to overlap / torch is here already (tests)
+        return check_spec(spec, args.smoke_test)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .runner import import_driver_modules
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        checked = pool.submit(check_spec, spec, args.smoke_test)
+        import_driver_modules(spec)
+        return checked.result()
+    finally:
+        pool.shutdown(wait=False)  # (its process then exits by itself, while this one goes on)

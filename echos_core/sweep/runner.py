@@ -231,6 +231,11 @@ def _init_ray(spec: SweepSpec, address: Optional[str], out: TextIO) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 # address="local": always a fresh instance of our own, never a cluster someone else started.
+                # No prestarted workers (Ray starts one per CPU at the end of ray.init, each importing Ray):
+                # Tune never uses them, its trial actors carry a runtime_env of their own and get new workers,
+                # and on a small machine they take the CPU the start-up needs.
+                os.environ.setdefault("RAY_enable_worker_prestart", "0")
+                os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
                 ray.init(address="local", num_cpus=num_cpus, object_store_memory=256 * 1024**2,
                          runtime_env=runtime_env, log_to_driver=True, **init_args)
             finally:
@@ -283,14 +288,34 @@ def _parent_params(spec: SweepSpec) -> dict:
     return d
 
 
-def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = False,
-              out: TextIO = sys.stdout) -> int:
-    """Run (or ``resume``) the sweep; print progress and the summary.  Returns the exit status: 0 when every
-    trial finished or was stopped by the scheduler, 1 when a trial failed for good, 130 when interrupted."""
+def _driver_env() -> None:
     for k, v in _WORKER_ENV.items():
         os.environ.setdefault(k, v)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray's CLIReporter table with our metric columns
 
+
+def import_driver_modules(spec: SweepSpec) -> None:
+    """Import what :func:`run_sweep` uses (Ray Tune, Optuna, the MLflow client and its SQL store): imports
+    only, nothing starts.  ``echos sweep`` calls it while the spec is checked in a child process."""
+    _driver_env()
+    import mlflow.tracking  # noqa: F401
+    import ray.tune  # noqa: F401
+
+    from . import status  # noqa: F401
+
+    if spec.search.algorithm != "grid":
+        import ray.tune.search.optuna  # noqa: F401
+    from ..tracking import resolve_tracking_uri
+
+    if resolve_tracking_uri(spec.tracking_uri).startswith("sqlite:"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, resume: bool = False,
+              out: TextIO = sys.stdout) -> int:
+    """Run (or ``resume``) the sweep; print progress and the summary.  Returns the exit status: 0 when every
+    trial finished or was stopped by the scheduler, 1 when a trial failed for good, 130 when interrupted."""
+    _driver_env()
     from ..tracking import is_remote_tracking_uri, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
@@ -393,6 +418,7 @@ def _end_quietly(run, status: str, tags: dict) -> None:
 
 def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str, resume: bool, out: TextIO) -> int:
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from .status import MlflowTrialStatus, interruption
 
@@ -408,6 +434,10 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         callback = MlflowTrialStatus(tracking_uri, spec.experiment, sweep_id)
+        # Tune's CSV and JSON result loggers, given here (a restored sweep keeps them); not its automatic
+        # TensorBoard logger, which imports tensorboardX and with it torch in the driver before the first
+        # trial starts (2-5 s on this machine), for event files nothing in echos reads.
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(spec),
@@ -425,7 +455,8 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
                                                         checkpoint_score_attribute=spec.metric,
                                                         checkpoint_score_order=spec.mode),
-                callbacks=[callback], progress_reporter=_reporter(spec, exp_path), verbose=1),
+                callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
+                progress_reporter=_reporter(spec, exp_path), verbose=1),
         )
     t0 = time.time()
     results = tuner.fit()
