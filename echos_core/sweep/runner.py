@@ -426,6 +426,10 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
     ctx = TrialContext(spec=spec, sweep_id=sweep_id, tracking_uri=tracking_uri, parent_run_id=parent.run_id,
                        storage=storage)
     trainable = trial_trainable(spec, ctx)  # one process per trial, or Ray Train's workers (.ddp)
+    # Tune's CSV and JSON result loggers, given below (a restored sweep keeps them); not its automatic
+    # TensorBoard logger, which imports tensorboardX and with it torch in the driver before the first
+    # trial starts (2-5 s on this machine), for event files nothing in echos reads.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     if resume:
         if not tune.Tuner.can_restore(exp_path):
             raise SpecError("--resume", sweep_id, f"{exp_path} holds no Ray Tune state to restore (the sweep "
@@ -434,10 +438,6 @@ def _fit(spec: SweepSpec, sweep_id: str, parent, tracking_uri: str, storage: str
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         callback = MlflowTrialStatus(tracking_uri, spec.experiment, sweep_id)
-        # Tune's CSV and JSON result loggers, given here (a restored sweep keeps them); not its automatic
-        # TensorBoard logger, which imports tensorboardX and with it torch in the driver before the first
-        # trial starts (2-5 s on this machine), for event files nothing in echos reads.
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(spec),
