@@ -233,65 +233,28 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, 
     main = parallel is None or parallel.is_main  # the one process that writes files
     shard = parallel.shard if parallel is not None else (0, 1)
     total_steps = tc.epochs * steps_per_epoch
-    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
 
     log.info(report.summary() + _on_off(report))
     log.info(f"data: {data.description}")
 
-    # ---- 2. set-up
-    on_cuda = device.type == "cuda"
-    amp = tc.amp == "bf16" or (tc.amp == "auto" and on_cuda)
-    channels_last = use_channels_last(tc.channels_last, model)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer, scheduler, criterion = _optimisation(model, tc, warmup_steps, total_steps, data.mixup_fn is not None)
-
-    history, start_epoch = _restore(ckpt, model, optimizer, scheduler)
-    runner = model
-    if parallel is not None:
-        parallel.check_identical(model, "the resumed model" if ckpt is not None else "the initial model")
-        runner = parallel.wrap(model)
-    runner = torch.compile(runner) if tc.compile else runner
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else nullcontext()
-
+    # ---- 2. set-up (in this order: a resumed run draws the same random numbers as a fresh one)
+    step_ctx, history, start_epoch = _set_up(model, data.mixup_fn, tc, ckpt, device, parallel, steps_per_epoch)
     if main:
         _write_run_folder(run_dir, cfg, report.to_dict(), history, fresh=ckpt is None)
         log.info(f"run folder: {run_dir}")
-    metric_hooks = list(metric_hooks)
-    if tc.kernel_metrics:
-        from .analysis import epoch_kernel_metrics
-
-        if epoch_kernel_metrics not in metric_hooks:  # a caller may already pass it
-            metric_hooks.append(epoch_kernel_metrics)
-        if ckpt is None and main:
-            write_kernel_mosaics(model, run_dir / "kernels", "init", run=cfg.run_name or cfg.default_run_name())
+    metric_hooks = _with_kernel_hooks(cfg, model, metric_hooks, run_dir, init_mosaics=ckpt is None and main)
     val_loader = data.loader("val", tc.batch_size, seed=cfg.seed, epoch=0, device=device,
                              num_workers=cfg.data.num_workers, shard=shard)
     if ckpt is not None:  # last, so that set-up above draws the same numbers in both cases
         set_rng_state(ckpt["rng"])
     bar = _progress_bar(progress, total_steps, (start_epoch - 1) * steps_per_epoch)
-    step_ctx = _Steps(model=model, runner=runner, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
-                      device=device, channels_last=channels_last, autocast=autocast, mixup_fn=data.mixup_fn,
-                      grad_clip=tc.grad_clip, steps_per_epoch=steps_per_epoch)
 
     # ---- 3. epochs
     try:
         for epoch in range(start_epoch, tc.epochs + 1):
-            loader = data.loader("train", tc.batch_size, seed=cfg.seed, epoch=epoch, device=device,
-                                 num_workers=cfg.data.num_workers, shard=shard)
-            t0 = time.perf_counter()
-            losses, train_time = _train_epoch(step_ctx, loader, epoch, bar)
-            metrics: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": _mean_loss(losses, parallel),
-                **_evaluate(runner, model, val_loader, step_ctx, data.num_classes, parallel),
-                "images_per_sec": len(losses) * tc.batch_size / max(train_time, 1e-9),
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            metrics["epoch_time_s"] = time.perf_counter() - t0
+            train_loader = data.loader("train", tc.batch_size, seed=cfg.seed, epoch=epoch, device=device,
+                                       num_workers=cfg.data.num_workers, shard=shard)
+            metrics = _epoch(step_ctx, epoch, train_loader, val_loader, data.num_classes, tc.batch_size, bar, parallel)
             _run_hooks(metric_hooks, model, metrics)
             history.append(metrics)
             ckpt_dir = _write_epoch(run_dir, cfg, step_ctx, history) if main else None
@@ -309,6 +272,64 @@ def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, 
 
 
 # --------------------------------------------------------------------------- helpers of train()
+
+
+def _set_up(model, mixup_fn, tc, ckpt, device, parallel, steps_per_epoch: int):
+    """Model on its device and memory format, optimiser, scheduler, loss, the checkpoint's state restored,
+    the data-parallel wrapper and torch.compile: ``(what a step needs, history, first epoch)``."""
+    amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
+    channels_last = use_channels_last(tc.channels_last, model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
+    optimizer, scheduler, criterion = _optimisation(model, tc, warmup_steps, tc.epochs * steps_per_epoch,
+                                                    mixup_fn is not None)
+    history, start_epoch = _restore(ckpt, model, optimizer, scheduler)
+    runner = model
+    if parallel is not None:
+        parallel.check_identical(model, "the resumed model" if ckpt is not None else "the initial model")
+        runner = parallel.wrap(model)
+    runner = torch.compile(runner) if tc.compile else runner
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+    steps = _Steps(model=model, runner=runner, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
+                   device=device, channels_last=channels_last, autocast=autocast, mixup_fn=mixup_fn,
+                   grad_clip=tc.grad_clip, steps_per_epoch=steps_per_epoch)
+    return steps, history, start_epoch
+
+
+def _epoch(c: "_Steps", epoch: int, train_loader, val_loader, num_classes: int, batch_size: int, bar,
+           parallel) -> dict[str, Any]:
+    """Train one epoch and evaluate: the epoch's metrics (kernel metrics come from the hooks)."""
+    t0 = time.perf_counter()
+    losses, train_time = _train_epoch(c, train_loader, epoch, bar)
+    metrics: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": _mean_loss(losses, parallel),
+        **_evaluate(c.runner, c.model, val_loader, c, num_classes, parallel),
+        "images_per_sec": len(losses) * batch_size / max(train_time, 1e-9),
+        "lr": c.optimizer.param_groups[0]["lr"],
+    }
+    metrics["epoch_time_s"] = time.perf_counter() - t0
+    return metrics
+
+
+def _with_kernel_hooks(cfg: Config, model, metric_hooks, run_dir: Path, init_mosaics: bool) -> list:
+    """The caller's metric hooks, plus the kernel metrics when ``train.kernel_metrics`` is on (and then the
+    mosaics of the kernels at init, on a fresh run's writing rank)."""
+    hooks = list(metric_hooks)
+    if cfg.train.kernel_metrics:
+        from .analysis import epoch_kernel_metrics
+
+        if epoch_kernel_metrics not in hooks:  # a caller may already pass it
+            hooks.append(epoch_kernel_metrics)
+        if init_mosaics:
+            write_kernel_mosaics(model, run_dir / "kernels", "init", run=cfg.run_name or cfg.default_run_name())
+    return hooks
+
 
 
 def check_batch_size(batch_size: int, n_train: int, mixup: bool) -> None:

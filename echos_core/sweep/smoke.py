@@ -33,9 +33,36 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
     notes: list[str] = []
     s.name = f"{spec.name}-smoke"
     s.experiment = f"{spec.experiment}-smoke"
-    s.seeds = spec.seeds[:1] if spec.search.algorithm == "grid" else spec.seeds[:2]
-    s.num_samples = min(spec.num_samples, len(spec.search.points_to_evaluate) + 1 if spec.search.points_to_evaluate
-                        else 2)
+    _fewer_trials(s)
+    caps = _caps(s, cuda_available, notes)
+    name = base_value(s.base, "data.name")
+    if name in _NEEDS_FILES:
+        s.base["data"]["fake_classes"] = {"cifar10": 10, "cifar100": 100}.get(name, 10)
+        s.base["data"].pop("root", None)
+    apply_overrides(s.base, {k: cap(base_value(s.base, k)) for k, cap in caps.items()})
+    _cap_space(s, caps)
+    if s.scheduler.type == "asha":
+        s.scheduler.max_t = min(possible_values(s, "train.epochs"))
+        s.scheduler.grace_period = 1
+    s.max_concurrent = None
+    apply_overrides(s.base, dict(spec.smoke_test))
+    if name in _NEEDS_FILES:
+        notes.append(f"data {name} replaced by fake data ({s.base['data']['fake_classes']} classes, "
+                     f"{base_value(s.base, 'data.image_size')} px)")
+    if s.scheduler.type == "asha" and s.n_trials < 2:
+        s.scheduler.type = "none"
+    try:
+        config_from_dict({**s.base, "seed": s.seeds[0]})
+    except ConfigError as e:
+        raise SpecError(f"smoke_test.{e.field}", e.value, e.rule) from None
+    return s, notes
+
+
+def _fewer_trials(s: SweepSpec) -> None:
+    """Seeds, samples and grid values of a smoke test (see :func:`smoke_spec`)."""
+    s.seeds = s.seeds[:1] if s.search.algorithm == "grid" else s.seeds[:2]
+    points = s.search.points_to_evaluate
+    s.num_samples = min(s.num_samples, len(points) + 1 if points else 2)
     for p in s.params:
         if p.type == "grid" and p.size > 2:
             keep = [p.labels[0], p.labels[-1]]
@@ -44,6 +71,9 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
             else:
                 p.values = keep
 
+
+def _caps(s: SweepSpec, cuda_available: bool, notes: list[str]) -> dict:
+    """{config key: its smoke-test cap}; fits the trial's resources to this machine."""
     image_size = base_value(s.base, "data.image_size")
     caps = {
         "train.epochs": lambda v: min(v, 2),
@@ -69,12 +99,11 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
     elif s.cpus > local_cpus:
         notes.append(f"resources.cpus {s.cpus:g} -> {local_cpus} (the cores of this machine)")
         s.cpus = float(local_cpus)
-    name = base_value(s.base, "data.name")
-    if name in _NEEDS_FILES:
-        classes = {"cifar10": 10, "cifar100": 100}.get(name, 10)
-        s.base["data"]["fake_classes"] = classes
-        s.base["data"].pop("root", None)
-    apply_overrides(s.base, {k: cap(base_value(s.base, k)) for k, cap in caps.items()})
+    return caps
+
+
+def _cap_space(s: SweepSpec, caps: dict) -> None:
+    """The caps applied to what the space sets too (arms, choice and grid values)."""
     for p in s.params:
         if p.arms is not None:
             for arm in p.arms.values():
@@ -84,24 +113,8 @@ def smoke_spec(spec: SweepSpec, cuda_available: bool = False) -> tuple[SweepSpec
         elif p.key in caps:
             if p.type not in ("choice", "grid"):
                 raise SpecError(f"space.{p.key}", p.type, "--smoke-test cannot cut a searched range of this key; "
-                                                     "use choice or grid values")
-            capped = list(dict.fromkeys(caps[p.key](v) for v in p.values))
-            p.values = capped
-    if s.scheduler.type == "asha":
-        s.scheduler.max_t = min(possible_values(s, "train.epochs"))
-        s.scheduler.grace_period = 1
-    s.max_concurrent = None
-    apply_overrides(s.base, dict(spec.smoke_test))
-    if name in _NEEDS_FILES:
-        notes.append(f"data {name} replaced by fake data ({s.base['data']['fake_classes']} classes, "
-                     f"{base_value(s.base, 'data.image_size')} px)")
-    if s.scheduler.type == "asha" and s.n_trials < 2:
-        s.scheduler.type = "none"
-    try:
-        config_from_dict({**s.base, "seed": s.seeds[0]})
-    except ConfigError as e:
-        raise SpecError(f"smoke_test.{e.field}", e.value, e.rule) from None
-    return s, notes
+                                                          "use choice or grid values")
+            p.values = list(dict.fromkeys(caps[p.key](v) for v in p.values))
 
 
 def _smoke_workers(s, local_cpus: int, notes: list[str]) -> None:

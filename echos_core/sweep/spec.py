@@ -357,7 +357,40 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
     """Check the spec's own schema and rules; return the :class:`SweepSpec`."""
     data = _mapping(data, "spec")
     _only_keys(data, TOP_KEYS, "")
+    name, description = _parse_name(data)
+    base = _parse_base(data.get("base"), Path(base_dir))
+    search = _parse_search(data.get("search", "optuna"))
+    params = _parse_space(data.get("space"), search.algorithm)
+    num_samples = _parse_num_samples(data, search.algorithm, params)
+    max_concurrent = _int(data, "max_concurrent", "max_concurrent", None, lo=1)
+    seeds = _parse_seeds(data.get("seeds", [0]))
+    metric = _str(data, "metric", "metric", "val_top1", METRICS)
+    mode = _str(data, "mode", "mode", "max", ("min", "max"))
+    resources = _parse_resources(_mapping(data.get("resources"), "resources"))
+    scheduler = _parse_scheduler(data.get("scheduler", "none"))
+    ml = _mapping(data.get("mlflow"), "mlflow")
+    _only_keys(ml, ("tracking_uri", "experiment"), "mlflow")
+    tracking_uri = _str(ml, "tracking_uri", "mlflow.tracking_uri", None)
+    experiment = _str(ml, "experiment", "mlflow.experiment", name)
+    ray = _parse_ray(_mapping(data.get("ray"), "ray"))
+    smoke = _mapping(data.get("smoke_test"), "smoke_test")  # smoke-test overrides
+    for k, v in smoke.items():
+        _check_config_key(f"smoke_test.{k}", k, v)
 
+    spec = SweepSpec(name=name, base=base, params=params, description=description, search=search,
+                     num_samples=num_samples, max_concurrent=max_concurrent, scheduler=scheduler,
+                     metric=metric, mode=mode, seeds=seeds, tracking_uri=tracking_uri, experiment=experiment,
+                     smoke_test=dict(smoke), **resources, **ray)
+    _check_cross_rules(spec)
+    _check_points(spec)
+    if data.get("analysis") is not None:
+        spec.analysis = parse_analysis(data["analysis"], params=params, base_value=lambda k: base_value(base, k),
+                                       metric=metric, metrics=METRICS)
+    return spec
+
+
+def _parse_name(data: dict) -> tuple[str, str]:
+    """(name, description) of the sweep."""
     name = _str(data, "name", "name", None)
     if name is None:
         raise SpecError("name", None, "is required (the sweep's name: letters, digits, '-', '_', '.')")
@@ -366,30 +399,27 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
     description = data.get("description", "") or ""
     if not isinstance(description, str):
         raise SpecError("description", description, "must be a string")
+    return name, description.strip()
 
-    base = _parse_base(data.get("base"), Path(base_dir))
 
-    search = _parse_search(data.get("search", "optuna"))
-    params = _parse_space(data.get("space"), search.algorithm)
-
-    # ---- how many
-    if search.algorithm == "grid":
+def _parse_num_samples(data: dict, algorithm: str, params: list) -> int:
+    """How many configurations: the grid runs once (per seed); a search needs a space and ``num_samples``."""
+    if algorithm == "grid":
         if data.get("num_samples") not in (None, 1):
             raise SpecError("num_samples", data["num_samples"],
-                       "must be left out with search grid (the grid is run once, per seed)")
-        num_samples = 1
-    else:
-        if not params:
-            raise SpecError("space", data.get("space"), f"is empty; search {search.algorithm} needs at least one "
-                                                   "parameter (use search grid to repeat the base config over seeds)")
-        num_samples = _int(data, "num_samples", "num_samples", None, lo=1)
-        if num_samples is None:
-            raise SpecError("num_samples", None, f"is required with search {search.algorithm} "
-                                            "(configurations to sample; each runs once per seed)")
-    max_concurrent = _int(data, "max_concurrent", "max_concurrent", None, lo=1)
+                            "must be left out with search grid (the grid is run once, per seed)")
+        return 1
+    if not params:
+        raise SpecError("space", data.get("space"), f"is empty; search {algorithm} needs at least one "
+                                                    "parameter (use search grid to repeat the base config over seeds)")
+    num_samples = _int(data, "num_samples", "num_samples", None, lo=1)
+    if num_samples is None:
+        raise SpecError("num_samples", None, f"is required with search {algorithm} "
+                                             "(configurations to sample; each runs once per seed)")
+    return num_samples
 
-    # ---- seeds
-    seeds = data.get("seeds", [0])
+
+def _parse_seeds(seeds: Any) -> list[int]:
     if is_int(seeds):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds:
@@ -399,13 +429,11 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
             raise SpecError("seeds", s, "every seed must be an integer in [0, 2**32)")
     if len(set(seeds)) != len(seeds):
         raise SpecError("seeds", seeds, "must not repeat a seed")
+    return list(seeds)
 
-    # ---- objective
-    metric = _str(data, "metric", "metric", "val_top1", METRICS)
-    mode = _str(data, "mode", "mode", "max", ("min", "max"))
 
-    # ---- resources
-    res = _mapping(data.get("resources"), "resources")
+def _parse_resources(res: dict) -> dict:
+    """``cpus``, ``gpus``, ``workers`` and ``placement`` of one trial (the SweepSpec fields)."""
     _only_keys(res, ("cpus", "gpus", "workers", "placement"), "resources")
     cpus = _num(res, "cpus", "resources.cpus", 1)
     if cpus <= 0:
@@ -420,42 +448,16 @@ def parse_spec(data: dict, base_dir: str | Path = ".") -> SweepSpec:
     if workers > 1 and 0 < gpus < 1:
         raise SpecError("resources.gpus", gpus, "must be a whole number with workers > 1 "
                                                 "(each data-parallel worker needs GPUs of its own)")
+    return {"cpus": cpus, "gpus": gpus, "workers": workers, "placement": placement}
 
-    # ---- scheduler
-    scheduler = _parse_scheduler(data.get("scheduler", "none"))
 
-    # ---- mlflow
-    ml = _mapping(data.get("mlflow"), "mlflow")
-    _only_keys(ml, ("tracking_uri", "experiment"), "mlflow")
-    tracking_uri = _str(ml, "tracking_uri", "mlflow.tracking_uri", None)
-    experiment = _str(ml, "experiment", "mlflow.experiment", name)
-
-    # ---- ray
-    ray = _mapping(data.get("ray"), "ray")
+def _parse_ray(ray: dict) -> dict:
+    """``storage_path``, ``max_failures``, ``keep_checkpoints`` and ``num_cpus`` (the SweepSpec fields)."""
     _only_keys(ray, ("storage_path", "max_failures", "keep_checkpoints", "num_cpus"), "ray")
-    storage_path = _str(ray, "storage_path", "ray.storage_path", "ray_results")
-    max_failures = _int(ray, "max_failures", "ray.max_failures", 2, lo=0)
-    keep_checkpoints = _int(ray, "keep_checkpoints", "ray.keep_checkpoints", 2, lo=1)
-    num_cpus = _int(ray, "num_cpus", "ray.num_cpus", None, lo=1)
-
-    # ---- smoke-test overrides
-    smoke = _mapping(data.get("smoke_test"), "smoke_test")
-    for k, v in smoke.items():
-        _check_config_key(f"smoke_test.{k}", k, v)
-
-    spec = SweepSpec(name=name, base=base, params=params, description=description.strip(), search=search,
-                     num_samples=num_samples, max_concurrent=max_concurrent, scheduler=scheduler,
-                     metric=metric, mode=mode, cpus=cpus, gpus=gpus, workers=workers, placement=placement,
-                     seeds=list(seeds),
-                     tracking_uri=tracking_uri, experiment=experiment, storage_path=storage_path,
-                     max_failures=max_failures, keep_checkpoints=keep_checkpoints, num_cpus=num_cpus,
-                     smoke_test=dict(smoke))
-    _check_cross_rules(spec)
-    _check_points(spec)
-    if data.get("analysis") is not None:
-        spec.analysis = parse_analysis(data["analysis"], params=params, base_value=lambda k: base_value(base, k),
-                                       metric=metric, metrics=METRICS)
-    return spec
+    return {"storage_path": _str(ray, "storage_path", "ray.storage_path", "ray_results"),
+            "max_failures": _int(ray, "max_failures", "ray.max_failures", 2, lo=0),
+            "keep_checkpoints": _int(ray, "keep_checkpoints", "ray.keep_checkpoints", 2, lo=1),
+            "num_cpus": _int(ray, "num_cpus", "ray.num_cpus", None, lo=1)}
 
 
 def _parse_base(raw: Any, base_dir: Path) -> dict:
