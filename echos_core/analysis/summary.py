@@ -267,36 +267,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "layer"
 
 
-def _mosaic_fn():
-    try:
-        from ..plots import kernel_mosaic
-        return kernel_mosaic
-    except ImportError:  # plots is optional; a bare fallback keeps analysis usable without it
-        return _bare_mosaic
-
-
-def _bare_mosaic(kernels: torch.Tensor, path: Path, *, title: str | None = None, labels=None, **_: Any) -> Path:
-    from matplotlib.figure import Figure
-
-    w = kernels.detach().float().cpu().numpy()
-    ncols = math.ceil(math.sqrt(len(w)))
-    nrows = math.ceil(len(w) / ncols)
-    fig = Figure(figsize=(ncols * 0.9 + 0.2, nrows * 1.0 + 0.5))
-    for i, ax in enumerate(fig.subplots(nrows, ncols, squeeze=False).flat):
-        ax.set_axis_off()
-        if i < len(w):
-            lim = float(np.abs(w[i]).max()) or 1.0
-            ax.imshow(w[i], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            if labels is not None:
-                ax.set_title(str(labels[i]), fontsize=6, pad=2)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=120)
-    return Path(path)
-
-
 def _write_mosaics(analysis: Analysis, out: Path, max_kernels: int) -> list[Path]:
-    mosaic = _mosaic_fn()
+    from ..plots import kernel_mosaic as mosaic
+
     seed = int(analysis.options.get("seed", 0))
     paths = []
     for kind, k in analysis.kernels.items():

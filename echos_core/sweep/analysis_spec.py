@@ -110,20 +110,16 @@ def _g(v: Any) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
-def _err(key: str, value: Any, rule: str) -> ConfigError:
-    return ConfigError(key, value, rule)
-
-
 def _number(raw: dict, k: str, default: Any, *, positive: bool = True, below: Optional[float] = None) -> Any:
     v = raw.get(k, default)
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _err(f"analysis.{k}", v, "must be a finite number")
+        raise ConfigError(f"analysis.{k}", v, "must be a finite number")
     if positive and v <= 0:
-        raise _err(f"analysis.{k}", v, "must be > 0")
+        raise ConfigError(f"analysis.{k}", v, "must be > 0")
     if below is not None and v >= below:
-        raise _err(f"analysis.{k}", v, f"must be < {below:g}")
+        raise ConfigError(f"analysis.{k}", v, f"must be < {below:g}")
     return float(v)
 
 
@@ -133,37 +129,37 @@ def parse_analysis(raw: Any, *, params: Optional[Sequence], base_value: Optional
     :class:`~echos_core.sweep.spec.Param` list; ``base_value(key)``: a key's value when the space leaves it alone).
     ``params=None``: check the form only."""
     if not isinstance(raw, dict):
-        raise _err("analysis", raw, "must be a mapping with at least `primary`")
+        raise ConfigError("analysis", raw, "must be a mapping with at least `primary`")
     for k, v in raw.items():
         if k not in _KEYS:
-            raise _err(f"analysis.{k}", v, f"unknown key; allowed in analysis: {', '.join(_KEYS)}")
+            raise ConfigError(f"analysis.{k}", v, f"unknown key; allowed in analysis: {', '.join(_KEYS)}")
     space = _Space(params, base_value)
     pool = raw.get("pool", {}) or {}
     if not isinstance(pool, dict):
-        raise _err("analysis.pool", pool, "must be a mapping of config keys to values (the trials the pooled "
+        raise ConfigError("analysis.pool", pool, "must be a mapping of config keys to values (the trials the pooled "
                                           "model is fitted over), e.g. {init.scheme: dog}")
     space.check_arm("analysis.pool", pool)
     if "primary" not in raw:
-        raise _err("analysis.primary", None, "is required: {contrast: [ARM, ARM]} or {trend: KEY}")
+        raise ConfigError("analysis.primary", None, "is required: {contrast: [ARM, ARM]} or {trend: KEY}")
     primary = _comparison("analysis.primary", raw["primary"], space, pool)
     sec_raw = raw.get("secondary", []) or []
     if not isinstance(sec_raw, list):
-        raise _err("analysis.secondary", sec_raw, "must be a list of comparisons")
+        raise ConfigError("analysis.secondary", sec_raw, "must be a list of comparisons")
     secondary = [_comparison(f"analysis.secondary[{i}]", c, space, pool) for i, c in enumerate(sec_raw)]
     seen = [primary.to_dict()]
     for i, c in enumerate(secondary):
         if c.to_dict() in seen:
-            raise _err(f"analysis.secondary[{i}]", c.describe(), "repeats an earlier comparison")
+            raise ConfigError(f"analysis.secondary[{i}]", c.describe(), "repeats an earlier comparison")
         seen.append(c.to_dict())
 
     alpha = _number(raw, "alpha", 0.05, below=0.5)
     margin = _number(raw, "margin", None)
     if margin is None:
-        raise _err("analysis.margin", None, "is required: the equivalence margin m in metric units "
+        raise ConfigError("analysis.margin", None, "is required: the equivalence margin m in metric units "
                                             "(points for val_top1); differences inside ±m count as equivalent")
     an_metric = raw.get("metric", metric)
     if an_metric not in metrics:
-        raise _err("analysis.metric", an_metric, f"must be one of {', '.join(metrics)}")
+        raise ConfigError("analysis.metric", an_metric, f"must be one of {', '.join(metrics)}")
     target = _number(raw, "target_difference", None)
     sd, sweep, uri = _pilot(raw.get("pilot_sd"))
     return AnalysisSpec(primary=primary, secondary=secondary, pool=dict(pool), alpha=alpha, margin=margin,
@@ -184,49 +180,49 @@ def _pilot(v: Any) -> tuple[Optional[float], Optional[str], Optional[str]]:
     if isinstance(v, dict):
         for k in v:
             if k not in ("sweep", "tracking_uri"):
-                raise _err(f"analysis.pilot_sd.{k}", v[k], "unknown key; allowed: sweep, tracking_uri")
+                raise ConfigError(f"analysis.pilot_sd.{k}", v[k], "unknown key; allowed: sweep, tracking_uri")
         sweep, uri = v.get("sweep"), v.get("tracking_uri")
         if not isinstance(sweep, str) or not sweep:
-            raise _err("analysis.pilot_sd.sweep", sweep, "must name an earlier sweep in the MLflow store")
+            raise ConfigError("analysis.pilot_sd.sweep", sweep, "must name an earlier sweep in the MLflow store")
         if uri is not None and (not isinstance(uri, str) or not uri):
-            raise _err("analysis.pilot_sd.tracking_uri", uri, "must be a tracking URI")
+            raise ConfigError("analysis.pilot_sd.tracking_uri", uri, "must be a tracking URI")
         return None, sweep, uri
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise _err("analysis.pilot_sd", v, "must be a number > 0 (sd of a paired difference, metric units) or "
+        raise ConfigError("analysis.pilot_sd", v, "must be a number > 0 (sd of a paired difference, metric units) or "
                                            "{sweep: NAME} to read it from an earlier sweep in MLflow")
     return float(v), None, None
 
 
 def _comparison(where: str, raw: Any, space: "_Space", pool: dict) -> Comparison:
     if not isinstance(raw, dict):
-        raise _err(where, raw, "must be {contrast: [ARM, ARM], model: pooled|paired} or {trend: KEY}")
+        raise ConfigError(where, raw, "must be {contrast: [ARM, ARM], model: pooled|paired} or {trend: KEY}")
     kinds = [k for k in ("contrast", "trend") if k in raw]
     if len(kinds) != 1:
-        raise _err(where, raw, "must have exactly one of `contrast` or `trend`")
+        raise ConfigError(where, raw, "must have exactly one of `contrast` or `trend`")
     allowed = ("contrast", "model") if kinds == ["contrast"] else ("trend",)
     for k, v in raw.items():
         if k not in allowed:
-            raise _err(f"{where}.{k}", v, f"unknown key; allowed: {', '.join(allowed)}")
+            raise ConfigError(f"{where}.{k}", v, f"unknown key; allowed: {', '.join(allowed)}")
     if kinds == ["trend"]:
         key = raw["trend"]
         values = space.numeric_values(key) if isinstance(key, str) else None
         if space.known and (values is None or len(values) < 2) or not isinstance(key, str):
-            raise _err(f"{where}.trend", key, "must be a config key the space varies over at least 2 numeric values")
+            raise ConfigError(f"{where}.trend", key, "must be a config key the space varies over at least 2 numeric values")
         return Comparison(trend=key)
     pair = raw["contrast"]
     if not isinstance(pair, list) or len(pair) != 2:
-        raise _err(f"{where}.contrast", pair, "must be a list of two arms, each a mapping of config keys to values")
+        raise ConfigError(f"{where}.contrast", pair, "must be a list of two arms, each a mapping of config keys to values")
     for i, arm in enumerate(pair):
         space.check_arm(f"{where}.contrast[{i}]", arm)
     if _same(pair[0], pair[1]):
-        raise _err(f"{where}.contrast", pair, "names the same arm twice")
+        raise ConfigError(f"{where}.contrast", pair, "names the same arm twice")
     model = raw.get("model", "pooled")
     if model not in MODELS:
-        raise _err(f"{where}.model", model, f"must be one of {', '.join(MODELS)}")
+        raise ConfigError(f"{where}.model", model, f"must be one of {', '.join(MODELS)}")
     if model == "pooled":
         for i, arm in enumerate(pair):
             if not space.can_overlap(arm, pool):
-                raise _err(f"{where}.contrast[{i}]", arm, f"is outside analysis.pool {pool}: a pooled contrast "
+                raise ConfigError(f"{where}.contrast[{i}]", arm, f"is outside analysis.pool {pool}: a pooled contrast "
                                                           "needs both arms in the pool (or use model: paired)")
     return Comparison(arm=dict(pair[0]), versus=dict(pair[1]), model=model)
 
@@ -254,12 +250,12 @@ class _Space:
 
     def check_arm(self, where: str, arm: Any) -> None:
         if not isinstance(arm, dict) or (not arm and not where.endswith("pool")):
-            raise _err(where, arm, "an arm must be a mapping of config keys to values, e.g. {init.scheme: kaiming}")
+            raise ConfigError(where, arm, "an arm must be a mapping of config keys to values, e.g. {init.scheme: kaiming}")
         for k, v in arm.items():
             if not isinstance(k, str) or "." not in k:
-                raise _err(where, k, "arm keys must be dotted config keys such as init.on_ratio")
+                raise ConfigError(where, k, "arm keys must be dotted config keys such as init.on_ratio")
         if not self.can_overlap(arm, {}):
-            raise _err(where, arm, "no configuration of this sweep has these values: " + self._why(arm))
+            raise ConfigError(where, arm, "no configuration of this sweep has these values: " + self._why(arm))
 
     def _options(self, p) -> Optional[list[dict]]:
         """Every combination of config values one param can set (None: a continuous range)."""
@@ -451,10 +447,10 @@ def resolve_pilot_sd(an: AnalysisSpec, tracking_uri: str) -> tuple[Optional[floa
     try:
         runs = load_sweep(uri, an.pilot_sweep, metric=an.metric, sweep_id="all")
     except ReportError as e:
-        raise _err("analysis.pilot_sd.sweep", an.pilot_sweep, f"cannot be read: {e}") from None
+        raise ConfigError("analysis.pilot_sd.sweep", an.pilot_sweep, f"cannot be read: {e}") from None
     used = final_values(assign_arms(runs.trials), an.metric)
     sd = pilot_sd(used.rename(columns={f"final_{an.metric}": "y"})[["arm", "seed", "y"]]) if len(used) else math.nan
     if not (sd > 0):
-        raise _err("analysis.pilot_sd.sweep", an.pilot_sweep, f"has no arm + seed replication to estimate an sd "
+        raise ConfigError("analysis.pilot_sd.sweep", an.pilot_sweep, f"has no arm + seed replication to estimate an sd "
                                                               f"from ({len(used)} complete trials)")
     return sd, f"sweep {an.pilot_sweep!r} ({len(used)} complete trials, pooled arm + seed model residual x sqrt 2)"
