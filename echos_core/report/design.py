@@ -137,9 +137,12 @@ class PooledModel:
             raise ValueError("the pooled model needs at least one trial")
         self.level = level
         self.arms = list(dict.fromkeys(frame["arm"]))
-        codes = {a: f"a{i}" for i, a in enumerate(self.arms)}  # arm labels may hold characters patsy dislikes
+        # arm labels may hold characters patsy dislikes; codes and rows in a fixed order, so that the fit (to
+        # the last bit) does not depend on the order the trials were read in (MLflow, or a report's CSV)
+        codes = {a: f"a{i}" for i, a in enumerate(sorted(self.arms, key=str))}
         data = pd.DataFrame({"y": frame["y"].astype(float).to_numpy(), "arm": frame["arm"].map(codes).to_numpy(),
                              "seed": frame["seed"].astype(str).to_numpy()})
+        data = data.sort_values(["arm", "seed", "y"], kind="stable").reset_index(drop=True)
         self._codes = codes
         self.n_seeds = data["seed"].nunique()
         self.n = len(data)
@@ -170,11 +173,13 @@ class PooledModel:
 def _estimate(fit, L: np.ndarray, level: float, n: int) -> Estimate:
     df = float(fit.df_resid)
     if df < 1:
-        est = float(L @ fit.params.to_numpy())
+        est = round(float(L @ fit.params.to_numpy()), 10)
         return Estimate(est, math.nan, df, math.nan, math.nan, math.nan, math.nan, n)
     res = fit.t_test(L)
-    est, se = float(np.ravel(res.effect)[0]), float(np.ravel(res.sd)[0])
-    lo, hi = (float(v) for v in np.ravel(res.conf_int(alpha=1 - level)))
+    # to 10 decimals: a difference of means of accuracies often lies exactly on a rounding tie (0.325),
+    # which float noise of the 15th digit would otherwise print one way or the other
+    est, se = round(float(np.ravel(res.effect)[0]), 10), float(np.ravel(res.sd)[0])
+    lo, hi = (round(float(v), 10) for v in np.ravel(res.conf_int(alpha=1 - level)))
     return Estimate(est, se, df, lo, hi, float(np.ravel(res.tvalue)[0]), float(res.pvalue), n)
 
 
@@ -185,6 +190,7 @@ def pooled_trend(frame: pd.DataFrame, level: float = 0.95) -> tuple[Estimate, Op
 
     data = pd.DataFrame({"y": frame["y"].astype(float).to_numpy(), "x": frame["x"].astype(float).to_numpy(),
                          "seed": frame["seed"].astype(str).to_numpy()})
+    data = data.sort_values(["x", "seed", "y"], kind="stable").reset_index(drop=True)  # (as in PooledModel)
     block = " + C(seed)" if data["seed"].nunique() > 1 else ""
     n = data["seed"].nunique()
     lin = smf.ols("y ~ x" + block, data).fit()
