@@ -23,7 +23,7 @@ test-fast: bootstrap
 ## Regenerate everything in results/: the first study (results-v1) and the version-2 studies (results-v2).
 results: results-v1 results-v2
 
-## The first study (about 1.5 hours on 2 CPU cores): the On/Off study and the digits study (Ray Tune sweeps
+## The first study (about an hour on 2 CPU cores): the On/Off study and the digits study (Ray Tune sweeps
 ## logged to ./mlflow.db), their reports, and the "other"-kernel analysis.
 results-v1: bootstrap
 	$(UV) run --frozen echos sweep sweeps/onoff_ratio.yaml
