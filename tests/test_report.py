@@ -503,6 +503,29 @@ def test_report_rebuilt_from_the_csvs_alone_is_the_same(report_dir, tmp_path):
     assert f"echos report --from-csv {src}" in md
 
 
+def test_a_rebuilt_report_names_the_spec_of_its_sweep_wherever_it_lies_under_sweeps(report_dir, tmp_path,
+                                                                                 monkeypatch):
+    """The CSVs know the sweep's name only; the rerun command names the one spec under ./sweeps/ with that
+    name (sweeps/v2/..., whatever its file is called), else sweeps/<name>.yaml."""
+    import shutil
+
+    src = tmp_path / "out" / "fake"
+    src.mkdir(parents=True)
+    for name in ("trials.csv", "epochs.csv"):
+        shutil.copy(report_dir / name, src / name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--from-csv", str(src)]) == 0  # no ./sweeps here: the fallback, sweeps/<name>.yaml
+    md = (src / "report.md").read_text()
+    name = md.split("Rerun the sweep: `echos sweep sweeps/", 1)[1].split(".yaml`", 1)[0]
+    assert name and "/" not in name
+    (tmp_path / "sweeps" / "v2").mkdir(parents=True)
+    (tmp_path / "sweeps" / "v2" / "study_a.yaml").write_text(f"name: {name}\nbase: {{}}\n")
+    (tmp_path / "sweeps" / "other.yaml").write_text("name: something_else\n")
+    (tmp_path / "sweeps" / "broken.yaml").write_text("name: [unclosed\n")
+    assert main(["report", "--from-csv", str(src)]) == 0
+    assert "- Rerun the sweep: `echos sweep sweeps/v2/study_a.yaml`" in (src / "report.md").read_text()
+
+
 def test_from_csv_without_epochs_csv_says_so(report_dir, tmp_path):
     import shutil
 

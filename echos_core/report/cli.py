@@ -141,7 +141,7 @@ def _report_from_csv(args: argparse.Namespace) -> int:
     analysis = load_analysis(args.analysis) if args.analysis else \
         (load_analysis(folder / "analysis.yaml") if (folder / "analysis.yaml").is_file() else None)
     out_dir = Path(args.out) / runs.sweep if args.out else folder
-    rerun = shlex.join(["echos", "sweep", str(Path("sweeps") / f"{runs.sweep}.yaml")])
+    rerun = _rerun_command(args, runs.sweep)
     rep = build_report(runs, out_dir, baselines=args.baselines, reference_on_ratio=args.reference_on_ratio,
                        command=_regenerate_command(args), rerun_command=rerun, analysis=analysis)
     _print_summary(rep, runs, runs.sweep, args.metric)
@@ -206,22 +206,36 @@ def _regenerate_command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def _rerun_command(args: argparse.Namespace, name: str, runs) -> str:
-    """``echos sweep <spec>``: the spec given, else the spec file logged on the parent run, else sweeps/<name>.yaml."""
-    spec = _spec_target(args.sweep)
+def _rerun_command(args: argparse.Namespace, name: str, runs=None) -> str:
+    """``echos sweep <spec>``: the spec given, else the one spec under ./sweeps/ of that name, else
+    sweeps/<the spec file logged on the parent run>, else sweeps/<name>.yaml."""
+    spec = _spec_target(args.sweep) if args.sweep else None
     smoke = False
     if spec is None:
         base = name
         if name.endswith("-smoke"):  # echos sweep --smoke-test names its sweep <name>-smoke
             base, smoke = name[: -len("-smoke")], True
-        spec = Path("sweeps") / f"{base}.yaml"
-        logged = _logged_spec_name(runs)
-        if logged:
-            spec = Path("sweeps") / logged
+        logged = _logged_spec_name(runs) if runs is not None else None
+        spec = _spec_named(base) or Path("sweeps") / (logged or f"{base}.yaml")
     parts = ["echos", "sweep", str(spec)] + (["--smoke-test"] if smoke else [])
     if args.tracking_uri:
         parts += ["--tracking-uri", args.tracking_uri]
     return shlex.join(parts)
+
+
+def _spec_named(name: str) -> Optional[Path]:
+    """The one spec file under ./sweeps/ (any depth) whose ``name`` is ``name``; None if none or several."""
+    import yaml
+
+    found = []
+    for path in sorted(Path("sweeps").rglob("*.y*ml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("name") == name:
+            found.append(path)
+    return found[0] if len(found) == 1 else None
 
 
 def _logged_spec_name(runs) -> Optional[str]:
