@@ -205,7 +205,6 @@ class MlflowTrialStatus(Callback):
         return status
 
 
-
 def _error_text(trial) -> Optional[str]:
     """The last line of a failed trial's error, as Ray stored it; None if it stored none."""
     try:
