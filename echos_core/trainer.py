@@ -331,7 +331,6 @@ def _with_kernel_hooks(cfg: Config, model, metric_hooks, run_dir: Path, init_mos
     return hooks
 
 
-
 def check_batch_size(batch_size: int, n_train: int, mixup: bool) -> None:
     """The batch rules (the trainer's, and a sweep's preflight before Ray starts): a full batch must fit in
     the training set, and mixup/CutMix pair images, so their batches are even."""

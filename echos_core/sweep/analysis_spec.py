@@ -207,11 +207,13 @@ def _comparison(where: str, raw: Any, space: "_Space", pool: dict) -> Comparison
         key = raw["trend"]
         values = space.numeric_values(key) if isinstance(key, str) else None
         if space.known and (values is None or len(values) < 2) or not isinstance(key, str):
-            raise ConfigError(f"{where}.trend", key, "must be a config key the space varies over at least 2 numeric values")
+            raise ConfigError(f"{where}.trend", key,
+                              "must be a config key the space varies over at least 2 numeric values")
         return Comparison(trend=key)
     pair = raw["contrast"]
     if not isinstance(pair, list) or len(pair) != 2:
-        raise ConfigError(f"{where}.contrast", pair, "must be a list of two arms, each a mapping of config keys to values")
+        raise ConfigError(f"{where}.contrast", pair,
+                          "must be a list of two arms, each a mapping of config keys to values")
     for i, arm in enumerate(pair):
         space.check_arm(f"{where}.contrast[{i}]", arm)
     if _same(pair[0], pair[1]):
@@ -250,7 +252,8 @@ class _Space:
 
     def check_arm(self, where: str, arm: Any) -> None:
         if not isinstance(arm, dict) or (not arm and not where.endswith("pool")):
-            raise ConfigError(where, arm, "an arm must be a mapping of config keys to values, e.g. {init.scheme: kaiming}")
+            raise ConfigError(where, arm,
+                              "an arm must be a mapping of config keys to values, e.g. {init.scheme: kaiming}")
         for k, v in arm.items():
             if not isinstance(k, str) or "." not in k:
                 raise ConfigError(where, k, "arm keys must be dotted config keys such as init.on_ratio")
