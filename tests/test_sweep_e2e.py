@@ -315,7 +315,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     res = _echos(["sweep", path, "--resume"], cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-6000:]
     assert "resuming sweep resumable-" in res.stdout
-    assert "6 trials" in res.stdout and "6 finished" in res.stdout
+    assert "6 trials" in res.stdout and "6 finished" in res.stdout, res.stdout[-3000:]
 
     client, parents2, trials = _runs(uri, "resumable")
     assert [p.info.run_id for p in parents2] == [parents[0].info.run_id]  # the same sweep parent run

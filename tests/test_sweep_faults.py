@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import time
@@ -395,3 +396,59 @@ def test_resume_waits_for_a_killed_drivers_watchdog_but_not_for_a_live_driver(tm
         held.close()
         assert got == waits, holder
         assert (waited >= 1.4) == waits, (holder, waited)
+
+
+def test_a_trial_resumed_from_its_last_checkpoint_reports_its_last_epoch_again(tmp_path, monkeypatch):
+    """The driver died after a trial's last checkpoint reached storage but before Ray's next experiment
+    snapshot: Tune resumes the trial with an older checkpoint, or none.  The trial finds its newest one on
+    storage, has nothing left to train, and reports its last epoch (with that checkpoint) once more, so
+    that Tune's last result of it is the last epoch, not an earlier one that reads as stopped early."""
+    import ray
+    from ray import tune
+
+    from echos_core.sweep.spec import parse_spec
+    from echos_core.sweep.trainable import TRIAL_STATE_FILE, TrialContext, run_trial, trial_dirname
+
+    spec = parse_spec(_grid("resumed", 2, [0.003]), tmp_path)
+    storage, sweep_id, trial_id = tmp_path / "ray_results", "resumed-1", "abc_00000"
+    ctx = TrialContext(spec=spec, sweep_id=sweep_id, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       storage=str(storage))
+    trial_dir = storage / sweep_id / trial_dirname(trial_id)
+    reports, given = [], []
+
+    class Session:  # Ray Tune's per-trial session, as the trainable uses it
+        def get_trial_id(self):
+            return trial_id
+
+        def get_trial_name(self):
+            return f"resumed_{trial_id}"
+
+        def get_trial_dir(self):
+            return str(trial_dir)
+
+    def report(metrics, checkpoint=None):  # Tune persists a reported checkpoint to the trial's folder
+        saved = None
+        if checkpoint is not None:
+            saved = trial_dir / f"checkpoint_{len(list(trial_dir.glob('checkpoint_*'))):06d}"
+            shutil.copytree(checkpoint.path, saved)
+        reports.append((metrics["epoch"], saved))
+
+    monkeypatch.setattr(tune, "get_context", lambda: Session())
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: given[-1] if given else None)
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Node", (), {"get_node_id": lambda self: "n0"})())
+    config = {"train.lr": 0.003, "seed": 0}
+
+    run_trial(config, ctx)  # trains both epochs, checkpoints both
+    assert [e for e, _ in reports] == [1, 2]
+    # Ray's snapshot knew only the epoch-1 checkpoint (or none): the trial trains nothing, reports epoch 2 again
+    for older in (tune.Checkpoint.from_directory(str(reports[0][1])), None):
+        given[:] = [older] if older is not None else []
+        del reports[:]
+        run_trial(config, ctx)
+        assert [e for e, _ in reports] == [2], "a resumed trial with nothing left to train reports its last epoch"
+        assert json.loads((reports[0][1] / TRIAL_STATE_FILE).read_text())["epoch"] == 2  # and its checkpoint
+
+    client, _, (trial_run,) = _runs(ctx.tracking_uri, spec.experiment)
+    assert [m.step for m in client.get_metric_history(trial_run.info.run_id, "val_top1")] == [1, 2]
+    assert trial_run.info.status == "FINISHED" and trial_run.data.tags["echos.status"] == "finished"

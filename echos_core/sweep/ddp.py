@@ -119,13 +119,18 @@ def _worker_loop(job: dict) -> None:
     if checkpoint is not None:  # every rank restores the same (rank 0's) checkpoint
         resume_from = Path(checkpoint.to_directory(str(work / "restored")))
 
+    reported = []  # the epochs this process reported
+
     def on_epoch(metrics: dict, checkpoint_dir) -> None:
+        reported.append(metrics["epoch"])
         if run is not None:
             log_epoch_once(run, logged, missing, metrics, work / "run")
         saved = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
         ray.train.report({**metrics, **job["extra"]}, checkpoint=saved)
 
     try:
-        train(cfg, run_dir=work / "run", callback=on_epoch, resume_from=resume_from, parallel=parallel)
+        result = train(cfg, run_dir=work / "run", callback=on_epoch, resume_from=resume_from, parallel=parallel)
+        if not reported and result.history:  # resumed from its last epoch's checkpoint (see .trainable, 5.)
+            on_epoch(dict(result.history[-1]), resume_from if parallel.is_main else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)

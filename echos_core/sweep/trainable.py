@@ -14,7 +14,11 @@ One call of :func:`run_trial` is one (configuration, seed) trial:
 4. every epoch: metrics to MLflow (``step = epoch``) and the kernel mosaics (``kernels/init_*``
    once, ``kernels/final_*`` replaced every epoch), then ``ray.tune.report(metrics,
    checkpoint=...)`` with the trainer's self-contained checkpoint folder.  MLflow first:
-   when the scheduler stops a trial, the code after its last report never runs.
+   when the scheduler stops a trial, the code after its last report never runs;
+5. a trial resumed from the checkpoint of its last epoch (the driver died after that checkpoint
+   reached storage, before Ray's next experiment snapshot: :func:`newest_checkpoint` finds it)
+   trains nothing, and reports that last epoch once more: Tune's last result of it would
+   otherwise be an earlier epoch's, which reads as a trial the scheduler stopped early.
 
 How a trial *ended* (finished, stopped by ASHA, failed) is marked on its MLflow run by the
 driver (:class:`echos_core.sweep.runner.MlflowTrialStatus`), since a stopped trial's
@@ -289,8 +293,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     logged = run.logged_steps()
 
     extra = {"seed": seed, "max_epochs": cfg.train.epochs, "mlflow_run_id": run.run_id, "node_id": node_id}
+    reported = []  # the epochs this process reported
 
     def on_epoch(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
+        reported.append(metrics["epoch"])
         log_epoch_once(run, logged, missing, metrics, run_dir)
         result = {**metrics, **extra}
         if checkpoint_dir is None:
@@ -301,7 +307,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     try:
-        train(cfg, run_dir=run_dir, callback=on_epoch, resume_from=resume_from)
+        result = train(cfg, run_dir=run_dir, callback=on_epoch, resume_from=resume_from)
+        if not reported and result.history:  # resumed from its last epoch's checkpoint (5. above)
+            on_epoch(dict(result.history[-1]), resume_from)
     except Exception as e:  # a failure (FailureConfig may retry it; the run is reattached then)
         mark_failed(run, e)
         raise
