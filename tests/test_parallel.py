@@ -122,3 +122,25 @@ def test_two_ranks_follow_one_process(cfg_dict, tmp_path):
         for key, tol in TOLERANCE.items():
             assert abs(one[key] - two[key]) <= tol, (one["epoch"], key, one[key], two[key])
         print("epoch", one["epoch"], {k: (round(one[k], 5), round(two[k], 5)) for k in TOLERANCE})
+
+
+def test_a_worker_folder_is_fresh_and_removes_those_of_dead_workers_only(tmp_path, monkeypatch):
+    """A killed data-parallel worker cannot remove its local folder (run folder, restored checkpoint);
+    the next worker on the host removes it, and leaves alone those of live workers and anything else."""
+    import subprocess
+    import tempfile
+
+    from echos_core.sweep.ddp import worker_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f"echos-rank1-pid{dead.pid}-abc"
+    live = tmp_path / f"echos-rank0-pid{os.getpid()}-def"
+    other = tmp_path / "echos-rank0-xyz"  # not a name this code makes
+    for d in (left, live, other):
+        (d / "run").mkdir(parents=True)
+    new = worker_dir(1)
+    assert not left.exists() and live.is_dir() and other.is_dir()
+    assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f"echos-rank1-pid{os.getpid()}-")
+    assert not any(new.iterdir())

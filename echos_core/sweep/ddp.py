@@ -22,6 +22,8 @@ run is found again by its sweep and trial tags, and epochs it already holds are 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,7 +33,7 @@ from .spec import DRIVER_CPUS, SweepSpec
 from .trainable import (TrialContext, log_epoch_once, open_trial_run, trial_config, trial_dirname,
                         trial_seed)
 
-__all__ = ["trial_trainable", "run_ddp_trial"]
+__all__ = ["trial_trainable", "run_ddp_trial", "worker_dir"]
 
 
 def trial_trainable(spec: SweepSpec, ctx: TrialContext):
@@ -87,6 +89,33 @@ def run_ddp_trial(config: dict, ctx: TrialContext) -> None:
     run.end("FINISHED")
 
 
+_WORK_DIR = re.compile(r"echos-rank\d+-pid(\d+)-")
+
+
+def worker_dir(rank: int) -> Path:
+    """A fresh local folder for one worker's run folder and restored checkpoint, removed when it ends.
+
+    A worker that is killed (its node lost, its trial stopped hard) cannot remove its own, and it may hold
+    a checkpoint per epoch: so each new worker first removes the folders of this host's dead workers (the
+    folder names the pid; a pid that is alive, or taken again by another process, is left alone)."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob("echos-rank*-pid*-*"):
+        m = _WORK_DIR.match(old.name)
+        if m and old.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"echos-rank{rank}-pid{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _worker_loop(job: dict) -> None:
     """One data-parallel worker: the echos trainer for this rank, rank 0 logging and checkpointing."""
     import ray
@@ -108,7 +137,7 @@ def _worker_loop(job: dict) -> None:
     cfg = config_from_dict(job["cfg"])
     parallel = DataParallel(rank, world, torch.device(cfg.train.device) if job["gpu"] else None)
     nodes = parallel.gather(ray.get_runtime_context().get_node_id())
-    work = Path(tempfile.mkdtemp(prefix=f"echos-rank{rank}-"))
+    work = worker_dir(rank)
     run, logged, missing = None, set(), set(job["missing"])
     if parallel.is_main:
         run = MlflowRun(job["tracking_uri"], job["experiment"], None, {}, run_id=job["run_id"])
