@@ -32,6 +32,7 @@ from ..tracking import TAG_ASHA_STOPPED, TAG_NODES, TAG_STATUS, TAG_WORLD_SIZE
 from .spec import DRIVER_CPUS, SweepSpec
 from .trainable import (TrialContext, log_epoch_once, open_trial_run, trial_config, trial_dirname,
                         trial_seed)
+from .watchdog import pid_alive
 
 __all__ = ["trial_trainable", "run_ddp_trial", "worker_dir"]
 
@@ -101,19 +102,9 @@ def worker_dir(rank: int) -> Path:
     root = Path(tempfile.gettempdir())
     for old in root.glob("echos-rank*-pid*-*"):
         m = _WORK_DIR.match(old.name)
-        if m and old.is_dir() and not _alive(int(m.group(1))):
+        if m and old.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"echos-rank{rank}-pid{os.getpid()}-"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _worker_loop(job: dict) -> None:

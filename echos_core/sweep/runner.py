@@ -47,6 +47,7 @@ from .ddp import trial_trainable
 from .parent import finish_parent
 from .summary import summarise, where_lines
 from .trainable import TrialContext, error_line, trial_dirname
+from .watchdog import pid_alive
 
 __all__ = ["run_sweep", "resolve_storage", "find_sweep_dirs", "SWEEP_FILE"]
 
@@ -571,10 +572,8 @@ def _held_by_a_watchdog(f) -> bool:
     parts = holder.split()  # "pid N on HOST"
     if len(parts) == 4 and parts[0] == "pid" and parts[2] == "on" and parts[3] == socket.gethostname():
         try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
-            return True
-        except (OSError, ValueError):
+            return not pid_alive(int(parts[1]))
+        except (ValueError, OverflowError):
             return False
     return False
 

@@ -25,7 +25,18 @@ import signal
 import sys
 import time
 
-__all__ = ["main", "end_lost_runs"]
+__all__ = ["main", "end_lost_runs", "pid_alive"]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (another user's process included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _processes() -> dict[int, tuple[int, str]]:
