@@ -402,7 +402,8 @@ def test_a_trial_resumed_from_its_last_checkpoint_reports_its_last_epoch_again(t
     """The driver died after a trial's last checkpoint reached storage but before Ray's next experiment
     snapshot: Tune resumes the trial with an older checkpoint, or none.  The trial finds its newest one on
     storage, has nothing left to train, and reports its last epoch (with that checkpoint) once more, so
-    that Tune's last result of it is the last epoch, not an earlier one that reads as stopped early."""
+    that Tune's last result of it is the last epoch, not an earlier one that reads as stopped early.  When
+    Ray knew that last checkpoint, its last result is the last epoch already: nothing is reported again."""
     import ray
     from ray import tune
 
@@ -448,6 +449,11 @@ def test_a_trial_resumed_from_its_last_checkpoint_reports_its_last_epoch_again(t
         run_trial(config, ctx)
         assert [e for e, _ in reports] == [2], "a resumed trial with nothing left to train reports its last epoch"
         assert json.loads((reports[0][1] / TRIAL_STATE_FILE).read_text())["epoch"] == 2  # and its checkpoint
+    # Ray knew the last checkpoint, so its last result is the last epoch too: nothing is reported twice
+    given[:] = [tune.Checkpoint.from_directory(str(reports[0][1]))]
+    del reports[:]
+    run_trial(config, ctx)
+    assert reports == []
 
     client, _, (trial_run,) = _runs(ctx.tracking_uri, spec.experiment)
     assert [m.step for m in client.get_metric_history(trial_run.info.run_id, "val_top1")] == [1, 2]

@@ -15,10 +15,11 @@ One call of :func:`run_trial` is one (configuration, seed) trial:
    once, ``kernels/final_*`` replaced every epoch), then ``ray.tune.report(metrics,
    checkpoint=...)`` with the trainer's self-contained checkpoint folder.  MLflow first:
    when the scheduler stops a trial, the code after its last report never runs;
-5. a trial resumed from the checkpoint of its last epoch (the driver died after that checkpoint
-   reached storage, before Ray's next experiment snapshot: :func:`newest_checkpoint` finds it)
-   trains nothing, and reports that last epoch once more: Tune's last result of it would
-   otherwise be an earlier epoch's, which reads as a trial the scheduler stopped early.
+5. a trial resumed from the checkpoint of its last epoch that Ray did not know of (the driver
+   died after that checkpoint reached storage, before Ray's next experiment snapshot:
+   :func:`newest_checkpoint` finds it) trains nothing, and reports that last epoch once more:
+   Tune's last result of it would otherwise be an earlier epoch's, which reads as a trial the
+   scheduler stopped early.  (When Ray's own checkpoint is the last one, so is its last result.)
 
 How a trial *ended* (finished, stopped by ASHA, failed) is marked on its MLflow run by the
 driver (:class:`echos_core.sweep.runner.MlflowTrialStatus`), since a stopped trial's
@@ -278,7 +279,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     # ---- resume from Ray's checkpoint, if any
     resume_from, state = None, {}
-    checkpoint = newest_checkpoint(tune.get_checkpoint(), ctx, trial_id)
+    given = tune.get_checkpoint()
+    checkpoint = newest_checkpoint(given, ctx, trial_id)
     if checkpoint is not None:
         restored = trial_dir / "restored"
         shutil.rmtree(restored, ignore_errors=True)
@@ -308,7 +310,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     try:
         result = train(cfg, run_dir=run_dir, callback=on_epoch, resume_from=resume_from)
-        if not reported and result.history:  # resumed from its last epoch's checkpoint (5. above)
+        if not reported and result.history and checkpoint is not given:  # (5. above)
             on_epoch(dict(result.history[-1]), resume_from)
     except Exception as e:  # a failure (FailureConfig may retry it; the run is reattached then)
         mark_failed(run, e)
