@@ -96,15 +96,10 @@ def onoff_config(device: str, quick: bool, **sections) -> dict:
 def bare_loop(cfg, data, steps: int, device, evaluate: bool = False) -> float:
     """The same model, init, batches, memory format and threads (``train.threads``, as the trainer sets them)
     trained by a plain PyTorch loop; seconds."""
-    import torch
+    from echos_core.trainer import torch_threads
 
-    threads = torch.get_num_threads()
-    if cfg.train.threads is not None:
-        torch.set_num_threads(cfg.train.threads)
-    try:
+    with torch_threads(cfg.train.threads):
         return _bare_loop(cfg, data, steps, device, evaluate)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _bare_loop(cfg, data, steps: int, device, evaluate: bool) -> float:

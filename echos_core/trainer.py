@@ -40,7 +40,7 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,6 +63,7 @@ __all__ = [
     "train",
     "lr_factor",
     "check_batch_size",
+    "torch_threads",
 ]
 
 log = logging.getLogger("echos")
@@ -208,13 +209,21 @@ def train(cfg: Config, run_dir: str | Path | None = None, *,
     rank calls ``train`` with the same config and ``callback`` runs on every rank (``checkpoint_dir``
     None except on rank 0).  Raises :class:`TrainingDiverged` on a non-finite loss.
     """
-    threads = torch.get_num_threads()
-    if cfg.train.threads is not None:
-        torch.set_num_threads(cfg.train.threads)
-    try:
+    with torch_threads(cfg.train.threads):
         return _train(cfg, run_dir, callback, resume_from, metric_hooks, progress, parallel)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` (``train.threads``; None leaves them) for the block, then
+    restored: ``train.threads`` is a run's setting, not the process's."""
+    threads = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)  # train.threads is this run's setting, not the process's
+        torch.set_num_threads(threads)
 
 
 def _train(cfg: Config, run_dir, callback, resume_from, metric_hooks, progress, parallel) -> TrainResult:
